@@ -6,3 +6,4 @@ __version__ = "0.1.0"
 from .datasets import Digits, digits_split
 from .models import MLP
 from .samplers.distributed_shard_sampler import DistributedShardSampler
+from .losses.lifted_structure_loss import LiftedStructureLoss
