@@ -150,13 +150,19 @@ class LiftedStructureLoss(BaseMetricLossFunction):
     def _loss_from_labels(self, embeddings, labels, ref_emb, ref_labels, same_set):
         # Same pairs, in the same order, as lmu.get_all_pairs_indices, without listing the
         # O(B^2) negative pairs: the negatives enter only through dense row/column masks.
-        matches, diffs = lmu.get_matches_and_diffs(labels, ref_labels)
+        # Bool masks, not lmu.get_matches_and_diffs: its uint8 ``diffs.sum()`` alone took 49 ms at
+        # B=2048 (a third of the whole distance-matrix step); the diagonal rule is PML's.
+        same_label = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        neg_mask = ~same_label
+        matches = same_label.clone()
+        if ref_labels is labels:
+            matches.fill_diagonal_(False)
         a1, p = torch.where(matches)
-        num_neg = int(diffs.sum())
-        if len(a1) == 0 or num_neg == 0 or (self.edge_cases == "pml" and len(a1) <= 1 and num_neg <= 1):
+        if len(a1) == 0 or not bool(neg_mask.any()):
+            return self.zero_losses()
+        if self.edge_cases == "pml" and len(a1) <= 1 and int(neg_mask.sum()) <= 1:
             return self.zero_losses()
         mat = self.distance(embeddings, ref_emb)
-        neg_mask = diffs.bool()
         neg_terms = self.distance.margin(self.neg_margin, mat)
         row_lse, row_has = _dense_logsumexp(neg_terms, neg_mask, dim=1)
         if same_set:
