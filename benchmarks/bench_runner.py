@@ -1,0 +1,152 @@
+"""Benchmark the config runner: its overhead against the same experiment written by hand
+with PML 2.x, and the main job's wall time against its 5-minute target.
+
+Overhead (``--part overhead``): the bundled default experiment (digits 0-4 / 5-9, MLP
+64-256-32, TripletMarginLoss + semi-hard TripletMarginMiner, MPerClassSampler m=8, batch
+64, Adam 1e-3) for ``--epochs`` epochs, (a) through ``pml_ext.ExperimentRunner`` and (b) as
+a plain script of PML's own ``MetricLossOnly``, ``GlobalEmbeddingSpaceTester``,
+``HookContainer`` and record-keeper with the same settings. Both evaluate on the test split
+every epoch; (a) also checks the untrained accuracy (epochs -1 and 0) and writes plots, as
+it does by default. Runs alternate (a, b, a, b, ...); medians and their ratio are reported,
+and the final test MAP@R of both as a sanity check.
+
+Main job (``--part main``): ``pml-ext run``'s code path (``ComparisonRunner``), total and
+per-method wall time.
+
+    python benchmarks/bench_runner.py                 # both parts, writes results/runner.md
+    python benchmarks/bench_runner.py --part overhead --epochs 3 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "runner.md"
+
+
+def run_with_runner(folder: str, epochs: int) -> float:
+    from pml_ext.runner import ExperimentRunner
+
+    summary = ExperimentRunner("runner", root_experiment_folder=folder,
+                               overrides=[("num_epochs_train", epochs)]).run()
+    return summary["rows"][-1]["MAP@R"]
+
+
+def run_by_hand(folder: str, epochs: int) -> float:
+    """The same experiment as the bundled defaults, written directly against PML 2.x."""
+    import numpy as np
+    import record_keeper as rk
+    from pytorch_metric_learning import losses, miners, samplers, testers, trainers
+    from pytorch_metric_learning.utils import common_functions as c_f
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.logging_presets import HookContainer
+
+    import pml_ext
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    train, test = pml_ext.digits_split()
+    models = {"trunk": pml_ext.MLP([64, 256], final_relu=True), "embedder": pml_ext.MLP([256, 32])}
+    optimizers = {f"{k}_optimizer": torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    writer = rk.RecordWriter(folder=os.path.join(folder, "saved_csvs"))
+    keeper = rk.RecordKeeper(record_writer=writer, attributes_to_search_for=c_f.list_of_recordable_attributes_list_names())
+    hooks = HookContainer(keeper, primary_metric="mean_average_precision_at_r", validation_split_name="test", log_freq=1)
+    calculator = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "NMI"), k="max_bin_count")
+    tester = testers.GlobalEmbeddingSpaceTester(batch_size=256, dataloader_num_workers=0, accuracy_calculator=calculator,
+                                                end_of_testing_hook=hooks.end_of_testing_hook)
+    splits = [("test", ["test"])]
+    end_of_epoch = hooks.end_of_epoch_hook(tester, {"test": test}, os.path.join(folder, "saved_models"),
+                                           test_interval=1, patience=None, splits_to_eval=splits)
+    trainer = trainers.MetricLossOnly(
+        models, optimizers, 64, {"metric_loss": losses.TripletMarginLoss(margin=0.2)}, train,
+        mining_funcs={"tuple_miner": miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")},
+        sampler=samplers.MPerClassSampler(train.labels, m=8, length_before_new_iter=len(train)),
+        dataloader_num_workers=0, freeze_trunk_batchnorm=True, set_min_label_to_zero=True,
+        end_of_iteration_hook=hooks.end_of_iteration_hook, end_of_epoch_hook=end_of_epoch)
+    trainer.train(num_epochs=epochs)
+    history = hooks.get_accuracy_history(tester, "test", metrics=["mean_average_precision_at_r"])
+    return history[[k for k in history if k != "epoch"][0]][-1]
+
+
+def part_overhead(epochs: int, repeats: int) -> list[str]:
+    times = {"runner": [], "hand": []}
+    maps = {}
+    for _ in range(repeats):
+        for name, fn in (("runner", run_with_runner), ("hand", run_by_hand)):
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                maps[name] = fn(folder, epochs)
+                times[name].append(time.perf_counter() - start)
+    runner, hand = statistics.median(times["runner"]), statistics.median(times["hand"])
+    return [
+        "## Overhead against the same experiment written by hand with PML 2.x",
+        "",
+        f"{epochs} epochs, {repeats} alternating runs each; median wall time.",
+        "",
+        "| | wall time (s) | all runs (s) | final test MAP@R |",
+        "|---|---|---|---|",
+        f"| `ExperimentRunner` (bundled defaults) | {runner:.1f} | {', '.join(f'{t:.1f}' for t in times['runner'])} "
+        f"| {maps['runner']:.4f} |",
+        f"| PML trainer + tester + HookContainer by hand | {hand:.1f} | "
+        f"{', '.join(f'{t:.1f}' for t in times['hand'])} | {maps['hand']:.4f} |",
+        f"| **ratio runner / by hand** | **{runner / hand:.2f}** | | |",
+        "",
+        "The runner's extra work: reading and saving the configs, the untrained-accuracy check "
+        "(two more evaluations, PB's default), the per-epoch reseed, and the table and plots at the end. "
+        "The MAP@R values differ only through the random streams (the runner reseeds every epoch; "
+        "the hand-written script seeds once).",
+        "",
+    ]
+
+
+def part_main() -> list[str]:
+    from pml_ext.runner import ComparisonRunner
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        result = ComparisonRunner(root_experiment_folder=folder).run()
+        total = time.perf_counter() - start
+    lines = ["## The main job (`pml-ext run`)", "", f"Total wall time: **{total:.0f} s** (target: < 300 s on 2 cores).",
+             "", "| method | P@1 | MAP@R | NMI | epochs | wall time (s) |", "|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        cells = [row["method"]] + [f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c])
+                                   for c in ("P@1", "MAP@R", "NMI")] + [str(row["epochs"]), f"{row['wall time (s)']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"Skipped: {s}" for s in result["skipped"]] + [""]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["overhead", "main", "all"], default="all")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    logging.disable(logging.INFO)
+    load = os.getloadavg()[0]
+    lines = ["# Config runner benchmarks", "",
+             f"Command: `python {' '.join(['benchmarks/bench_runner.py'] + sys.argv[1:])}`; date "
+             f"{datetime.date.today().isoformat()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+             f"1-min load average at start {load:.1f}. Other jobs share the 2 cores, so absolute times are "
+             f"noisy: the ratio, measured in the same run, is the figure to compare.", ""]
+    if args.part in ("overhead", "all"):
+        lines += part_overhead(args.epochs, args.repeats)
+    if args.part in ("main", "all"):
+        lines += part_main()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""``pml-ext`` / ``python -m pml_ext``: run powerful-benchmarker configs, or the main job.
+
+    pml-ext run --experiment_name NAME [--root_config_folder DIR] [--root_experiment_folder DIR]
+                [--config_<category> name ...] [--resume_training latest] [--dataset_root DIR]
+                [--register_module MODULE ...] [--key <yaml> ...]
+    pml-ext run [--methods NAME ...] [--key <yaml> ...]      # the main job (no experiment name)
+
+``--key <yaml>`` overrides a config key; the value is YAML and may span several shell
+words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N,
+~SWAP~N and ~DELETE~ work in keys at any depth.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sys
+from typing import Sequence
+
+import yaml
+
+USAGE = __doc__
+OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training"}
+LIST_OPTIONS = {"register_module", "methods"}
+_KEY = re.compile(r"^--[A-Za-z]")
+
+
+def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
+    """``argv`` after ``run`` -> ``(options, config_names, overrides)``.
+
+    ``overrides`` is a list of ``(key, value)`` in command-line order; values are parsed as
+    YAML after joining the words that follow the key. Raises ``ConfigError`` on bad YAML.
+    """
+    from .runner.config_error import ConfigError
+
+    groups: list[tuple[str, list[str]]] = []
+    for word in argv:
+        if _KEY.match(word):
+            groups.append((word[2:], []))
+        elif not groups:
+            raise ConfigError("command line", word, "expected --key before a value")
+        else:
+            groups[-1][1].append(word)
+    options: dict = {}
+    config_names: dict = {}
+    overrides: list = []
+    for key, words in groups:
+        if key in ("help", "h"):
+            options["help"] = True
+        elif key in OPTIONS:
+            if len(words) != 1:
+                raise ConfigError("command line", f"--{key}", f"takes one value, got {len(words)}")
+            options[key] = words[0]
+        elif key in LIST_OPTIONS or key.startswith("config_"):
+            names = _names(words, key)
+            if key.startswith("config_"):
+                config_names[key] = names
+            else:
+                options[key] = names
+        else:
+            text = " ".join(words)
+            try:
+                value = yaml.safe_load(text) if words else True
+            except yaml.YAMLError as exc:
+                detail = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError("command line", f"--{key}", f"bad YAML {text!r}: {detail}") from None
+            overrides.append((key, value))
+    return options, config_names, overrides
+
+
+def _names(words: list[str], key: str) -> list[str]:
+    from .runner.config_error import ConfigError
+
+    if len(words) == 1 and words[0].startswith("["):
+        parsed = yaml.safe_load(words[0])
+        return [str(w) for w in parsed]
+    if not words:
+        raise ConfigError("command line", f"--{key}", "needs at least one name")
+    return [w.strip(",") for w in words]
+
+
+def run(argv: Sequence[str]) -> int:
+    from .runner.comparison_runner import ComparisonRunner
+    from .runner.experiment_runner import ExperimentRunner
+
+    options, config_names, overrides = parse_run_args(argv)
+    if options.get("help"):
+        print(USAGE)
+        return 0
+    for module in options.get("register_module", []):
+        importlib.import_module(module)  # the module calls pml_ext.register(...) on import
+    root = options.get("root_experiment_folder", "experiments")
+    if "experiment_name" in options:
+        summary = ExperimentRunner(
+            options["experiment_name"], root_experiment_folder=root,
+            root_config_folder=options.get("root_config_folder"), config_names=config_names,
+            overrides=overrides, resume_training=options.get("resume_training"),
+            dataset_root=options.get("dataset_root", "datasets")).run()
+        if "table" in summary:  # rank 0; the table itself is in the log
+            print(f"Experiment folder: {summary['experiment_folder']}")
+        return 0
+    if config_names or "resume_training" in options:
+        raise ValueError("--config_* and --resume_training need --experiment_name; without it, "
+                         "`pml-ext run` is the main job")
+    result = ComparisonRunner(root_experiment_folder=root, methods=options.get("methods"), overrides=overrides,
+                              root_config_folder=options.get("root_config_folder")).run()
+    print("\nMain job: digits, train classes 0-4, test classes 5-9 (final epoch, test split)")
+    print(result["table"])
+    for skipped in result["skipped"]:
+        print(f"skipped: {skipped}")
+    if result["plot"]:
+        print(f"Plot: {result['plot']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``pml-ext``)."""
+    from .runner.config_error import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] != "run":
+        print(f"error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return run(argv[1:])
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""A FAISS k-nearest-neighbour index over a whole training set, in PML distance units.
+
+PML's ``FaissKNN`` answers one k-NN query batch against one reference set and always
+uses squared L2. Global mining (lifted-structure batch construction, smart mining) needs
+more: an index that is built once per epoch, queried for every indexed point with the
+point itself excluded, approximate methods for large N, and distances that can be
+compared with the PML ``distance`` object the loss uses. ``EmbeddingIndex`` adds those
+on top of ``FaissKNN`` and PML's own self-exclusion (``inference.return_results``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from pytorch_metric_learning.distances import (
+    BaseDistance,
+    CosineSimilarity,
+    DotProductSimilarity,
+    LpDistance,
+)
+from pytorch_metric_learning.utils.inference import FaissKNN, mask_reshape_knn_idx
+
+from ..utils.ann_quality import ann_quality
+from ..utils.checks import check_embeddings, check_labels
+
+__all__ = ["EmbeddingIndex"]
+
+METHODS = ("auto", "exact", "hnsw", "ivf")
+
+# "auto" switches from exact to HNSW at this many indexed points. Measured by
+# benchmarks/bench_index.py (d=64, k=32, 2 cores; see benchmarks/results/index.md): below
+# it a flat index's all-points refresh costs about as much as building the HNSW graph.
+AUTO_EXACT_MAX_POINTS = 20_000
+
+# Defaults chosen from the same measurements: recall@32 >= 0.95 on the clustered
+# benchmark data at the lowest refresh time (docs/index.md lists the sweep).
+HNSW_DEFAULTS = {"M": 16, "efConstruction": 40, "efSearch": 48}
+IVF_DEFAULTS = {"nlist": None, "nprobe": 8, "niter": 10, "max_points_per_centroid": 64}
+
+# Rows of gathered (query, neighbour) pairs per chunk when re-computing distances, so
+# that the [rows, k, d] difference tensor stays near 64 MB in float32.
+_PAIR_CHUNK_ELEMENTS = 16_000_000
+
+
+class EmbeddingIndex:
+    """k-NN over a fixed set of embeddings with a PML distance.
+
+    Args:
+        method: ``"exact"`` (flat index), ``"hnsw"``, ``"ivf"`` (inverted lists with
+            ``nlist`` cells, ``nprobe`` visited per query) or ``"auto"`` (exact below
+            ``AUTO_EXACT_MAX_POINTS`` points, HNSW above).
+        distance: a PML distance. ``LpDistance`` with ``p=2`` (normalised or not, any
+            ``power > 0``) searches L2; ``CosineSimilarity`` / ``DotProductSimilarity``
+            (``power=1``) search inner product. Default ``LpDistance()``, PML's default.
+        num_threads: OpenMP threads FAISS may use during ``build``/``search`` (restored
+            afterwards). ``None`` keeps FAISS's current setting.
+        seed: seeds IVF's k-means and HNSW's level assignment, so the same data and seed
+            give the same index (HNSW only exactly so with ``num_threads=1``: its
+            parallel insertion order varies).
+        **faiss_params: method parameters: ``M``, ``efConstruction``, ``efSearch`` for
+            HNSW; ``nlist``, ``nprobe``, ``niter``, ``max_points_per_centroid`` (k-means
+            training) for IVF (``nlist=None``: ``4 * sqrt(N)``).
+
+    Attributes:
+        num_points: ``N``, the number of indexed points (0 before ``build``).
+        labels: ``LongTensor[N]`` given to ``build``, or ``None``.
+        resolved_method: the method actually used (``"auto"`` resolved at ``build``).
+    """
+
+    def __init__(self, method: str = "auto", distance: BaseDistance | None = None,
+                 num_threads: int | None = None, seed: int = 0, **faiss_params: Any):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.distance = LpDistance() if distance is None else distance
+        self._metric = _faiss_metric(self.distance)
+        if num_threads is not None and (isinstance(num_threads, bool) or int(num_threads) < 1):
+            raise ValueError(f"num_threads must be a positive integer or None, got {num_threads}")
+        allowed = {"exact": set(), "hnsw": set(HNSW_DEFAULTS), "ivf": set(IVF_DEFAULTS),
+                   "auto": set(HNSW_DEFAULTS)}[method]
+        unknown = sorted(set(faiss_params) - allowed)
+        if unknown:
+            raise ValueError(f"faiss_params {unknown} are not parameters of method {method!r}; "
+                             f"allowed: {sorted(allowed)}")
+        self.method = method
+        self.num_threads = None if num_threads is None else int(num_threads)
+        self.seed = int(seed)
+        self.faiss_params = dict(faiss_params)
+        self.resolved_method: str | None = None
+        self.num_points = 0
+        self.labels: torch.Tensor | None = None
+        self._data: torch.Tensor | None = None
+        self._knn: FaissKNN | None = None
+        self.build_time = 0.0
+
+    # ------------------------------------------------------------------ building
+    def build(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> "EmbeddingIndex":
+        """Index ``embeddings: Tensor[N, d]`` (and keep ``labels: LongTensor[N]``). Returns self."""
+        check_embeddings(embeddings, "embeddings")
+        num_points, dim = embeddings.shape
+        if labels is not None:
+            check_labels(labels, num_points)
+        data = self.distance.maybe_normalize(embeddings.detach().cpu())
+        method = self.method
+        if method == "auto":
+            method = "exact" if num_points < AUTO_EXACT_MAX_POINTS else "hnsw"
+        start = time.perf_counter()
+        with self._threads():
+            # FaissKNN.train = "make an index for dimension d, add the data"; the factory
+            # gets the data too because IVF must learn its cells before anything is added.
+            knn = FaissKNN(reset_before=False, reset_after=False,
+                           index_init_fn=lambda d: self._new_faiss_index(method, d, data))
+            knn.train(_as_faiss_input(data))
+        self.build_time = time.perf_counter() - start
+        self._knn = knn
+        self._data = data
+        self.resolved_method = method
+        self.num_points = num_points
+        self.dim = dim
+        self.labels = None if labels is None else labels.detach().cpu().long()
+        return self
+
+    def _new_faiss_index(self, method: str, dim: int, data: torch.Tensor):
+        if method == "exact":
+            return faiss.IndexFlat(dim, self._metric)
+        if method == "hnsw":
+            params = {**HNSW_DEFAULTS, **self.faiss_params}
+            index = faiss.IndexHNSWFlat(dim, int(params["M"]), self._metric)
+            index.hnsw.efConstruction = int(params["efConstruction"])
+            index.hnsw.rng = faiss.RandomGenerator(self.seed)
+            return index
+        params = {**IVF_DEFAULTS, **self.faiss_params}
+        num_points = data.shape[0]
+        nlist = params["nlist"] or max(1, int(round(4 * math.sqrt(num_points))))
+        nlist = min(int(nlist), num_points)
+        quantizer = faiss.IndexFlat(dim, self._metric)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, self._metric)
+        index.cp.seed = self.seed
+        # k-means on a subsample (max_points_per_centroid per cell) with few iterations:
+        # cell quality barely matters once nprobe cells are visited, training time does.
+        index.cp.niter = int(params["niter"])
+        index.cp.max_points_per_centroid = int(params["max_points_per_centroid"])
+        # Fewer than 39 points per cell only makes k-means warn; it still works.
+        index.cp.min_points_per_centroid = 1
+        index.train(_as_faiss_input(data))
+        return index
+
+    # ------------------------------------------------------------------ searching
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest indexed points of each query.
+
+        Args:
+            queries: ``Tensor[Q, d]``.
+            k: ``1 <= k <= N``.
+
+        Returns:
+            ``(distances: Tensor[Q, k], indices: LongTensor[Q, k])``, nearest first;
+            distances in the PML distance's units (similarities sorted descending),
+            on the queries' device.
+        """
+        self._require_built()
+        check_embeddings(queries, "queries")
+        if queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have {self.dim} columns like the indexed embeddings, "
+                             f"got shape {tuple(queries.shape)}")
+        k = _check_k(k, self.num_points, "search", self.num_points)
+        q = self.distance.maybe_normalize(queries.detach().cpu()).to(self._data.dtype)
+        _, indices = self._faiss_search(q, k)
+        distances, indices = self._finish(q, indices, exclude=None)
+        return distances.to(queries.device), indices.to(queries.device)
+
+    def knn_all(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` nearest neighbours of every indexed point, the point itself excluded.
+
+        Exclusion is by index, so a duplicate of a point is still its neighbour (at
+        distance 0). Returns ``(distances: Tensor[N, k], indices: LongTensor[N, k])``,
+        nearest first, in the PML distance's units.
+        """
+        self._require_built()
+        k = _check_k(k, self.num_points - 1, "knn_all", self.num_points)
+        _, indices = self._faiss_search(self._data, k + 1)
+        own = torch.arange(self.num_points)
+        return self._finish(self._data, _drop_self(indices, own), exclude=own)
+
+    def _faiss_search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self._knn.index
+        if self.resolved_method == "hnsw":
+            efsearch = int({**HNSW_DEFAULTS, **self.faiss_params}["efSearch"])
+            index.hnsw.efSearch = max(efsearch, k)
+        elif self.resolved_method == "ivf":
+            index.nprobe = min(int({**IVF_DEFAULTS, **self.faiss_params}["nprobe"]), index.nlist)
+        with self._threads():
+            distances, indices = index.search(_as_faiss_input(q), k)
+        return torch.as_tensor(distances), torch.as_tensor(indices).long()
+
+    def _finish(self, q: torch.Tensor, indices: torch.Tensor,
+                exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        # Approximate indices pad with -1 when a query reaches fewer than k points;
+        # those (rare) rows are answered exactly so every row holds k real neighbours.
+        short = (indices < 0).any(dim=1).nonzero().flatten()
+        if short.numel() > 0:
+            indices[short] = self._brute_force(q[short], indices.shape[1],
+                                               None if exclude is None else exclude[short])
+        # Re-computing distances with the difference form fixes FAISS's float32
+        # ||x||^2 + ||y||^2 - 2<x, y> cancellation (a duplicate shows up at ~1e-3,
+        # not 0) and puts them in the PML distance's units.
+        distances = self._pair_values(q, indices)
+        order = torch.sort(distances, dim=1, descending=self.distance.is_inverted, stable=True).indices
+        return distances.gather(1, order), indices.gather(1, order)
+
+    def _pair_values(self, q: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Distance (PML units) between ``q[i]`` and ``data[indices[i, j]]``: ``Tensor[Q, k]``."""
+        rows_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, indices.shape[1] * self.dim))
+        out = []
+        for start in range(0, q.shape[0], rows_per_chunk):
+            qc = q[start:start + rows_per_chunk].unsqueeze(1)
+            neighbours = self._data[indices[start:start + rows_per_chunk]]
+            if self.distance.is_inverted:
+                out.append((qc * neighbours).sum(-1))
+            else:
+                out.append((qc - neighbours).norm(dim=-1))
+        values = torch.cat(out) if out else q.new_zeros(indices.shape)
+        if not self.distance.is_inverted and self.distance.power != 1:
+            values = values ** self.distance.power
+        return values
+
+    def _brute_force(self, q: torch.Tensor, k: int, exclude: torch.Tensor | None) -> torch.Tensor:
+        """Exact top-``k`` indices ``LongTensor[Q, k]`` by a full distance row per query."""
+        if self.distance.is_inverted:
+            scores = q @ self._data.T
+        else:
+            scores = -torch.cdist(q, self._data)
+        if exclude is not None:
+            scores[torch.arange(q.shape[0]), exclude] = -float("inf")
+        return scores.topk(k, dim=1).indices
+
+    # ------------------------------------------------------------------ quality
+    def quality(self, k: int, num_queries: int = 1000) -> dict:
+        """Zezula et al.'s approximate-search quality of this index, measured on a sample.
+
+        ``num_queries`` indexed points (drawn with ``seed``) are searched, themselves
+        excluded, by this index and by an exact flat index built on the same data.
+        Returns ``ann_quality(...)``'s dict (recall, precision, ED, position error with
+        true ranks over all ``N`` points, improvement in efficiency from the two search
+        times) plus ``"num_queries"`` and ``"method"``.
+        """
+        self._require_built()
+        k = _check_k(k, self.num_points - 1, "quality", self.num_points)
+        if isinstance(num_queries, bool) or int(num_queries) < 1:
+            raise ValueError(f"num_queries must be a positive integer, got {num_queries}")
+        num_queries = min(int(num_queries), self.num_points)
+        gen = torch.Generator().manual_seed(self.seed)
+        rows = torch.randperm(self.num_points, generator=gen)[:num_queries]
+        q = self._data[rows]
+
+        start = time.perf_counter()
+        _, approx_idx = self._faiss_search(q, k + 1)
+        approx_time = time.perf_counter() - start
+        approx_idx = _drop_self(approx_idx, rows)
+
+        exact = EmbeddingIndex("exact", self.distance, self.num_threads, self.seed)
+        exact._knn = FaissKNN(reset_before=False, reset_after=False,
+                              index_init_fn=lambda d: faiss.IndexFlat(d, self._metric))
+        with exact._threads():
+            exact._knn.train(_as_faiss_input(self._data))
+        exact._data, exact.dim, exact.num_points = self._data, self.dim, self.num_points
+        exact.resolved_method = "exact"
+        start = time.perf_counter()
+        _, exact_idx = exact._faiss_search(q, k + 1)
+        exact_time = time.perf_counter() - start
+        exact_idx = _drop_self(exact_idx, rows)
+
+        exact_d, exact_idx = self._finish(q, exact_idx, rows)
+        approx_d, approx_idx = self._finish(q, approx_idx, rows)
+        ranks = self._true_ranks(q, rows, approx_d)
+        result = ann_quality(exact_d, exact_idx, approx_d, approx_idx,
+                             exact_time=exact_time, approx_time=approx_time,
+                             approx_ranks=ranks, num_points=self.num_points - 1,
+                             is_similarity=self.distance.is_inverted)
+        result.update(num_queries=num_queries, method=self.resolved_method)
+        return result
+
+    def _true_ranks(self, q: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """1-based rank ``LongTensor[Q, k]`` of each returned value among all other points.
+
+        rank = 1 + #{o != query : o nearer than the returned object by more than a float
+        tolerance}; the tolerance keeps an object from out-ranking itself when its value
+        is re-computed by the matrix (``|q|^2 + |x|^2 - 2<q, x>``) form used here.
+        """
+        sign = -1.0 if self.distance.is_inverted else 1.0  # rank by "smaller is nearer"
+        target = sign * values
+        tol = 1e-5 * target.abs().clamp(min=1.0)
+        data_sq = (self._data ** 2).sum(1)
+        rows_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // (4 * self.num_points))
+        top = min(self.num_points, max(128, 4 * values.shape[1]))
+        ranks = []
+        for start in range(0, q.shape[0], rows_per_chunk):
+            qc, rc = q[start:start + rows_per_chunk], rows[start:start + rows_per_chunk]
+            if self.distance.is_inverted:
+                full = -(qc @ self._data.T)
+            else:
+                sq = (qc ** 2).sum(1, keepdim=True) + data_sq - 2 * (qc @ self._data.T)
+                full = sq.clamp(min=0).sqrt() ** self.distance.power
+            full[torch.arange(qc.shape[0]), rc] = float("inf")
+            bound = (target[start:start + rows_per_chunk] - tol[start:start + rows_per_chunk]).contiguous()
+            # Returned objects are near the top of their row: the smallest `top` values
+            # settle nearly every rank; rows where one does not are sorted in full.
+            smallest = full.topk(top, dim=1, largest=False).values
+            count = torch.searchsorted(smallest, bound)
+            deep = (count >= top).any(dim=1)
+            if bool(deep.any()):
+                count[deep] = torch.searchsorted(full[deep].sort(dim=1).values, bound[deep])
+            ranks.append(count + 1)
+        return torch.cat(ranks)
+
+    # ------------------------------------------------------------------ helpers
+    def _require_built(self) -> None:
+        if self._knn is None:
+            raise RuntimeError("EmbeddingIndex: call build(embeddings) before search/knn_all/quality")
+
+    @contextlib.contextmanager
+    def _threads(self):
+        if self.num_threads is None:
+            yield
+            return
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.num_threads)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(previous)
+
+    def __repr__(self) -> str:
+        return (f"EmbeddingIndex(method={self.method!r}, resolved={self.resolved_method!r}, "
+                f"distance={type(self.distance).__name__}, num_points={self.num_points})")
+
+
+def _faiss_metric(distance) -> int:
+    if not isinstance(distance, BaseDistance):
+        raise TypeError(f"distance must be a PML distance (BaseDistance), got {type(distance).__name__}")
+    if isinstance(distance, LpDistance):
+        if distance.p != 2:
+            raise ValueError(f"distance: only LpDistance with p=2 is supported, got p={distance.p}")
+        if not distance.power > 0:
+            raise ValueError(f"distance: LpDistance power must be > 0, got {distance.power}")
+        return faiss.METRIC_L2
+    if isinstance(distance, (CosineSimilarity, DotProductSimilarity)):
+        if distance.power != 1:
+            # A power of a signed similarity does not keep its order.
+            raise ValueError(f"distance: similarity power must be 1, got {distance.power}")
+        return faiss.METRIC_INNER_PRODUCT
+    raise ValueError(f"distance: {type(distance).__name__} is not supported; use LpDistance(p=2), "
+                     "CosineSimilarity or DotProductSimilarity")
+
+
+def _check_k(k, upper: int, where: str, num_points: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > upper:
+        rule = "k < N (the point itself is excluded)" if where != "search" else "k <= N"
+        raise ValueError(f"k={k} is too large for {where} over N={num_points} indexed points: need {rule}")
+    return int(k)
+
+
+def _drop_self(indices: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``indices: LongTensor[Q, k+1]`` -> ``[Q, k]`` without each query's own index ``rows[i]``.
+
+    PML's ``return_results`` rule, for queries that are any indexed rows (not only
+    ``0..Q-1``): drop the own index where it was found; else the (k+1)-th hit, since
+    then all k+1 hits are other points at least as near as the query itself.
+    """
+    match = indices == rows.unsqueeze(1)
+    match[~match.any(dim=1), -1] = True
+    return mask_reshape_knn_idx(indices, match)
+
+
+def _as_faiss_input(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -1,0 +1,228 @@
+"""IsometricHardMiner: batch-hard mining that measures its own Hausdorff-like objective
+and steers away from network collapse (Xu et al., METHODS.md section 3).
+
+See docs/isometric_mining.md for the rule, its thresholds and the experiments behind them.
+"""
+from __future__ import annotations
+
+import torch
+from pytorch_metric_learning.miners import BaseMiner
+
+from ..utils._isometry import dissimilarity, embedding_scale, hardest_pairs, oriented, violations
+from ..utils.checks import check_embeddings, check_labels, check_positive
+
+__all__ = ["IsometricHardMiner"]
+
+
+class IsometricHardMiner(BaseMiner):
+    """Batch-hard mining while it beats the collapsed solution; semi-hard mining otherwise.
+
+    **Measured on every batch** (recordable statistics, plain Python floats, computed even
+    with ``collect_stats=False`` because the rule needs them), with
+    ``v_a = [max_p D(a,p) - min_n D(a,n) + margin]_+`` over the anchors that have a
+    positive and a negative:
+
+    - ``d_iso_max = max_a v_a``: the sup-norm (Hausdorff-like) distance of Xu et al.
+      between the network and the triplet-separated functions, estimated on the batch;
+    - ``d_iso_mean = mean_a v_a``;
+    - ``spread``: the mean distance over negative pairs, in margins (``inf`` if margin 0);
+    - ``relative_spread``: the same mean over the embedding scale ``(2 * mean ||x||)^power``,
+      in [0, 1] for an Lp distance with ``power=1`` and unchanged by rescaling the embeddings;
+    - ``collapse_detected``: 1.0 when ``relative_spread < collapse_threshold`` or
+      ``spread < 0.5`` (the batch has collapsed towards a point), else 0.0;
+    - ``semi_hard_mode``: 1.0 when this batch was mined semi-hard (see the rule), else 0.0;
+    - ``candidate_negatives``: the mean size of an anchor's candidate-negative pool.
+
+    **Rule.** The constant map ``f(x) = c`` has ``v_a = margin`` for every anchor. Hard
+    triplets are mined only when the batch does better than that,
+    ``d_iso_mean < iso_threshold * margin``, and has not collapsed. Otherwise the miner
+    steers away: ``semi_hard_mode`` is set. The rule looks at the current batch only (no
+    state), so it is the same on every rank that sees the same batch.
+
+    **Mining.** Hard: for every anchor with a positive and a negative, its farthest positive
+    and its closest negative, exactly ``BatchHardMiner``'s triplets. Semi-hard:
+    ``triplets_per_anchor`` triplets per anchor, each with a uniformly drawn positive ``p``
+    and a uniformly drawn semi-hard negative ``n``, ``D(a,p) < D(a,n) < D(a,p) + margin``
+    (FaceNet's remedy for the collapsed model), found by rejection sampling with
+    ``semi_hard_draws`` draws; a pair whose draws hold no semi-hard negative gives no
+    triplet. Similarities (``CosineSimilarity``...) are handled with the inequalities reversed.
+
+    ``max_negatives`` is a plain attribute, re-read on every call, so a controller may set
+    it between iterations. It caps each anchor's candidate negatives to a uniform draw of
+    that size, in both modes. That is hard mining over a smaller effective batch, the
+    quantity Xu et al. link to collapse. ``None`` means all negatives.
+
+    Args:
+        margin: the triplet margin (>= 0), the same as the loss's.
+        max_negatives: candidate-pool cap per anchor (>= 1; floats are rounded) or ``None``.
+        collapse_threshold: ``relative_spread`` below which the batch counts as collapsed.
+        iso_threshold: hard mining needs ``d_iso_mean < iso_threshold * margin``.
+        triplets_per_anchor: semi-hard triplets per anchor.
+        semi_hard_draws: rejection-sampling draws per semi-hard triplet.
+        seed: seeds the sampling; the same seed and inputs give the same triplets.
+        **kwargs: passed to PML's ``BaseMiner`` (``distance=``, ``collect_stats=``).
+
+    ``forward(embeddings [B, d], labels [B], ref_emb [R, d] = None, ref_labels [R] = None)``
+    returns ``(a, p, n)``, ``LongTensor[T]`` each: ``a`` indexes ``embeddings``, ``p`` and
+    ``n`` index ``ref_emb`` (the batch itself when no reference is given).
+    """
+
+    def __init__(self, margin: float = 0.2, max_negatives: int | None = None,
+                 collapse_threshold: float = 0.25, iso_threshold: float = 1.0,
+                 triplets_per_anchor: int = 4, semi_hard_draws: int = 16, seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        check_positive(margin, "margin", allow_zero=True)
+        check_positive(collapse_threshold, "collapse_threshold")
+        check_positive(iso_threshold, "iso_threshold")
+        for name, value in (("triplets_per_anchor", triplets_per_anchor), ("semi_hard_draws", semi_hard_draws)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self._pool_size(max_negatives)
+        self.margin = float(margin)
+        self.max_negatives = max_negatives
+        self.collapse_threshold = float(collapse_threshold)
+        self.triplets_per_anchor = triplets_per_anchor
+        self.iso_threshold = float(iso_threshold)
+        self.semi_hard_draws = semi_hard_draws
+        self.seed = seed
+        self._generators: dict[str, torch.Generator] = {}
+        self.add_to_recordable_attributes(
+            list_of_names=["margin", "collapse_threshold", "iso_threshold", "triplets_per_anchor"], is_stat=False
+        )
+        # The statistics drive the mining rule, so they exist even with collect_stats=False.
+        self._stat_names = ["d_iso_max", "d_iso_mean", "spread", "relative_spread", "collapse_detected",
+                            "semi_hard_mode", "candidate_negatives"]
+        for name in self._stat_names:
+            setattr(self, name, 0.0)
+        self.add_to_recordable_attributes(list_of_names=self._stat_names, is_stat=True)
+
+    def reset_generator(self) -> None:
+        """Restart the sampling from ``seed``."""
+        self._generators.clear()
+
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """Validate, then PML's ``BaseMiner.forward``; see the class docstring for shapes."""
+        check_embeddings(embeddings, "embeddings")
+        check_labels(labels, embeddings.shape[0], "labels", "embeddings")
+        if ref_emb is not None or ref_labels is not None:
+            if ref_emb is None or ref_labels is None:
+                raise ValueError("ref_emb and ref_labels must be given together")
+            check_embeddings(ref_emb, "ref_emb")
+            check_labels(ref_labels, ref_emb.shape[0], "ref_labels", "ref_emb")
+            if ref_emb.shape[1] != embeddings.shape[1]:
+                raise ValueError(
+                    f"ref_emb has dimension {ref_emb.shape[1]} but embeddings has {embeddings.shape[1]}"
+                )
+        return super().forward(embeddings, labels, ref_emb, ref_labels)
+
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
+             ref_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mat = self.distance(embeddings, ref_emb)
+        dm = oriented(mat, self.distance)
+        pos = labels[:, None] == ref_labels[None, :]
+        neg = ~pos
+        if ref_labels is labels:
+            # PML's convention: the batch is its own reference, so a sample is not its own positive.
+            pos.fill_diagonal_(False)
+        pos_val, pos_idx, neg_val, neg_idx = hardest_pairs(dm, pos, neg)
+        valid = pos.any(dim=1) & neg.any(dim=1)
+        steer = self._measure(mat, pos_val, neg_val, valid, neg, embeddings, ref_emb)
+        self.semi_hard_mode = float(steer)
+
+        cap = self._pool_size(self.max_negatives)
+        empty = torch.empty(0, dtype=torch.long, device=dm.device)
+        if not bool(valid.any()):
+            self.candidate_negatives = 0.0
+            return empty, empty, empty
+        num_neg = neg[valid].sum(dim=1)
+        self.candidate_negatives = float((num_neg if cap is None else num_neg.clamp(max=cap)).float().mean())
+        pool = None
+        if cap is not None and cap < int(neg.sum(dim=1).max()):
+            pool = self._negative_pool(neg, cap)
+        anchors = torch.nonzero(valid).squeeze(1)
+        if steer:
+            return self._semi_hard(dm, pos, neg, anchors, pool)
+        if pool is not None:
+            pool_d = dm.gather(1, pool).masked_fill(~neg.gather(1, pool), float("inf"))
+            neg_idx = pool.gather(1, pool_d.argmin(dim=1, keepdim=True)).squeeze(1)
+        return anchors, pos_idx[anchors], neg_idx[anchors]
+
+    def _measure(self, mat, pos_val, neg_val, valid, neg, embeddings, ref_emb) -> bool:
+        """Set the statistics; return whether to steer away from hard mining."""
+        if bool(valid.any()):
+            v = violations(pos_val[valid], neg_val[valid], self.margin)
+            self.d_iso_max, self.d_iso_mean = float(v.max()), float(v.mean())
+        else:
+            self.d_iso_max = self.d_iso_mean = 0.0
+        if not bool(neg.any()):
+            # No negative pair: nothing to mine and no evidence of collapse.
+            self.spread = self.relative_spread = self.collapse_detected = 0.0
+            return False
+        diss = dissimilarity(mat, embeddings, ref_emb, self.distance)
+        mean_neg = float(diss.masked_fill(~neg, 0).sum() / neg.sum())
+        scale = float(embedding_scale(ref_emb, self.distance))
+        self.spread = mean_neg / self.margin if self.margin > 0 else float("inf")
+        self.relative_spread = mean_neg / scale if scale > 0 else 0.0
+        collapsed = self.relative_spread < self.collapse_threshold or self.spread < 0.5
+        self.collapse_detected = float(collapsed)
+        # The constant map f(x) = c has v_a = margin for every anchor. While the batch's
+        # estimate is no better than that, the hardest triplets pull towards the constant map.
+        no_better_than_constant = self.margin > 0 and self.d_iso_mean >= self.iso_threshold * self.margin
+        return collapsed or no_better_than_constant
+
+    def _semi_hard(self, dm, pos, neg, anchors, pool):
+        """``triplets_per_anchor`` (uniform positive, uniform semi-hard negative) per anchor.
+
+        The negative is found by rejection sampling: ``semi_hard_draws`` uniform draws from
+        the anchor's candidate negatives, the first semi-hard one is kept. An accepted draw is
+        uniform over the semi-hard set, at O(B * draws) cost instead of sorting B rows.
+        """
+        t, r = self.triplets_per_anchor, self.semi_hard_draws
+        gen = self._generator(dm.device)
+        num_anchors = anchors.shape[0]
+        rows = anchors[:, None]
+        cand = neg[anchors]
+        if pool is not None:
+            cand = torch.zeros_like(cand).scatter_(1, pool[anchors], True) & cand
+        p = torch.multinomial(pos[anchors].float(), t, replacement=True, generator=gen)  # [A, t]
+        n = torch.multinomial(cand.float(), t * r, replacement=True, generator=gen)  # [A, t*r]
+        d_ap = dm[rows, p].unsqueeze(2)  # [A, t, 1]
+        d_an = dm[rows, n].view(num_anchors, t, r)
+        semi_hard = (d_an > d_ap) & (d_an < d_ap + self.margin)
+        first = semi_hard.to(torch.uint8).argmax(dim=2, keepdim=True)  # argmax returns the first hit
+        n = n.view(num_anchors, t, r).gather(2, first).squeeze(2)
+        ok = semi_hard.any(dim=2).reshape(-1)
+        a = anchors[:, None].expand(-1, t).reshape(-1)
+        return a[ok], p.reshape(-1)[ok], n.reshape(-1)[ok]
+
+    def _negative_pool(self, neg: torch.Tensor, cap: int) -> torch.Tensor:
+        """``[M, cap]`` column indices: a uniform draw of ``cap`` negatives per row.
+
+        Rows with fewer negatives also get non-negative columns; callers re-mask with ``neg``.
+        """
+        keys = torch.rand(neg.shape, generator=self._generator(neg.device), device=neg.device)
+        keys = keys.masked_fill(~neg, 2.0)  # every negative's key (< 1) sorts before any non-negative
+        return keys.topk(cap, dim=1, largest=False).indices
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._generators:
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[key]
+
+    @staticmethod
+    def _pool_size(max_negatives) -> int | None:
+        if max_negatives is None:
+            return None
+        if isinstance(max_negatives, bool):
+            raise TypeError("max_negatives must be an int >= 1 or None, got bool")
+        try:
+            value = float(max_negatives)
+        except (TypeError, ValueError):
+            raise TypeError(f"max_negatives must be an int >= 1 or None, got {type(max_negatives).__name__}") from None
+        if not value >= 1 or value == float("inf"):
+            raise ValueError(f"max_negatives must be >= 1 or None, got {max_negatives}")
+        # A controller may write a float: round it to the nearest pool size.
+        return int(round(value))

@@ -1,0 +1,170 @@
+"""The main job: ``pml-ext run`` with no experiment name compares methods on digits.
+
+Each method is one YAML file in ``pml_ext/configs/comparison/`` (a new method is one new
+file)::
+
+    name: "PML baseline: TripletMarginLoss + semi-hard TripletMarginMiner"
+    order: 10                 # table order
+    requires: []              # pml_ext names that must import, else the method is skipped
+    config:                   # merged onto the bundled defaults like --key <yaml> overrides
+      loss_funcs~OVERRIDE~: {metric_loss: {TripletMarginLoss: {margin: 0.2}}}
+
+Every method runs with the same bundled defaults (digits, train classes 0-4, test 5-9,
+the same MLP, optimizer, sampler, epochs and seed), so the table compares only what the
+method files change.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import Iterable, Mapping
+
+from .config_error import ConfigError
+from .config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
+from .experiment_runner import ExperimentRunner
+from .registry import Registry
+
+__all__ = ["ComparisonRunner"]
+
+LOGGER = logging.getLogger("pml_ext.runner")
+MARKER = ".pml_ext_main_job"
+TABLE_COLUMNS = ("P@1", "MAP@R", "NMI")
+
+
+class ComparisonRunner:
+    """Run every available comparison method and tabulate the final test metrics.
+
+    Args:
+        root_experiment_folder: the methods' experiments go to ``<root>/main_job/<method>``
+            (replaced on each run; only folders this class created are ever removed).
+        methods_folder: the method YAML files (default: the bundled ones).
+        methods: run only these method file names (stems); default all.
+        overrides: ``--key <yaml>`` overrides applied to every method after its own config
+            (e.g. ``{"num_epochs_train": 1}``); a mapping or a list of ``(key, value)``.
+        root_config_folder: the config folder the methods modify (default: bundled).
+        registry: class-name resolution (default: the global one).
+    """
+
+    def __init__(self, root_experiment_folder: str = "experiments", methods_folder: str | None = None,
+                 methods: Iterable[str] | None = None, overrides: Mapping | Iterable | None = None,
+                 root_config_folder: str | None = None, registry: Registry | None = None):
+        self.folder = os.path.abspath(os.path.join(root_experiment_folder, "main_job"))
+        self.methods_folder = methods_folder or os.path.join(BUNDLED_CONFIG_FOLDER, "comparison")
+        self.only = list(methods) if methods else None
+        items = overrides.items() if hasattr(overrides, "items") else (overrides or [])
+        self.overrides = list(items)
+        self.root_config_folder = root_config_folder
+        self.registry = registry
+
+    def methods(self) -> list[dict]:
+        """Every method file as ``{"key", "name", "order", "requires", "config", "missing"}``."""
+        import pml_ext
+
+        out = []
+        for filename in sorted(os.listdir(self.methods_folder)):
+            if not filename.endswith(".yaml"):
+                continue
+            path = os.path.join(self.methods_folder, filename)
+            spec = ConfigReader.load_yaml(path)
+            for key in ("name", "config"):
+                if key not in spec:
+                    raise ConfigError(path, key, "required key is missing")
+            if not isinstance(spec["config"], dict):
+                raise ConfigError(path, "config", "must be a mapping of --key overrides")
+            requires = list(spec.get("requires") or [])
+            out.append({"key": filename[:-5], "name": str(spec["name"]), "order": spec.get("order", 100),
+                        "requires": requires, "config": spec["config"], "path": path,
+                        "missing": [r for r in requires if not hasattr(pml_ext, r)]})
+        if self.only is not None:
+            unknown = sorted(set(self.only) - {m["key"] for m in out})
+            if unknown:
+                raise ValueError(f"methods: unknown method {unknown[0]!r}; the methods are "
+                                 f"{', '.join(m['key'] for m in out)}")
+            out = [m for m in out if m["key"] in self.only]
+        return sorted(out, key=lambda m: (m["order"], m["key"]))
+
+    def _fresh_folder(self, key: str) -> None:
+        path = os.path.join(self.folder, key)
+        if os.path.exists(path):
+            if not os.path.isfile(os.path.join(self.folder, MARKER)):
+                raise ValueError(f"root_experiment_folder: {path} exists and was not made by the main job; "
+                                 f"choose another --root_experiment_folder")
+            shutil.rmtree(path)
+        os.makedirs(self.folder, exist_ok=True)
+        open(os.path.join(self.folder, MARKER), "w").close()
+
+    def run(self) -> dict:
+        """Run the methods; returns ``{"rows", "table", "plot", "skipped", "folder"}``."""
+        import tqdm
+
+        rows, curves, skipped, untrained = [], {}, [], None
+        methods = self.methods()
+        for method in tqdm.tqdm(methods, desc="main job: methods"):
+            if method["missing"]:
+                skipped.append(f"{method['name']} (needs pml_ext.{', pml_ext.'.join(method['missing'])})")
+                LOGGER.info("Skipping %s: not available yet", skipped[-1])
+                continue
+            self._fresh_folder(method["key"])
+            LOGGER.info("Main job: %s", method["name"])
+            start = time.time()
+            runner = ExperimentRunner(method["key"], root_experiment_folder=self.folder,
+                                      root_config_folder=self.root_config_folder,
+                                      overrides=list(method["config"].items()) + self.overrides,
+                                      registry=self.registry)
+            summary = runner.run()
+            elapsed = time.time() - start
+            scheme_rows = summary.get("rows", [])
+            final = max((r for r in scheme_rows if r["epoch"] >= 0), key=lambda r: r["epoch"], default={})
+            if untrained is None:
+                # Every method starts from the same seeded initialisation: its epoch 0 is the reference.
+                untrained = next((r for r in scheme_rows if r["epoch"] == 0), None)
+            rows.append({"method": method["name"], **{c: final.get(c) for c in TABLE_COLUMNS},
+                         "epochs": max((s["last_epoch"] for s in summary["schemes"].values()), default=0),
+                         "wall time (s)": round(elapsed, 1)})
+            curves[method["name"]] = ([r["epoch"] for r in scheme_rows if r["epoch"] >= 0],
+                                      [r.get("MAP@R") for r in scheme_rows if r["epoch"] >= 0])
+        if untrained is not None:
+            rows.insert(0, {"method": "untrained network (epoch 0, the same for every method)",
+                            **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None})
+        table = self.table(rows)
+        plot = self.plot(curves) if curves else None
+        if rows:
+            import pandas as pd
+
+            pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
+        return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder}
+
+    @staticmethod
+    def table(rows: list[dict]) -> str:
+        """The comparison as aligned text: method, P@1, MAP@R, NMI, epochs, wall time."""
+        import pandas as pd
+
+        if not rows:
+            return "(no method ran)"
+        def seconds(v):
+            return "-" if v is None or v != v else f"{v:.1f}"
+
+        return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-",
+                                            formatters={"wall time (s)": seconds})
+
+    def plot(self, curves: dict) -> str:
+        """``comparison.png``: test MAP@R per epoch, one line per method (epoch 0 = untrained)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, (epochs, values) in curves.items():
+            ax.plot(epochs, values, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test MAP@R (digits 5-9)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(self.folder, "comparison.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

@@ -1,0 +1,142 @@
+"""The run's per-iteration and per-epoch calls to objects that look beyond the batch.
+
+Two protocols, both duck-typed so that any class following them joins in without the
+runner knowing it:
+
+- **update**: a miner or sampler with an ``update(...)`` method (``SmartMiner.update(
+  embeddings, labels)``, ``SmartBatchSampler.update(...)``, ``HardNeighborSampler.update(
+  embeddings)``) gets the embeddings of the whole training set, recomputed at the end of
+  each epoch. How many arguments it gets follows its signature: two or more positional
+  parameters (or ``*args``) -> ``(embeddings, labels)``; one -> ``(embeddings)``; none -> ``()``.
+  Miners are updated before samplers, because a sampler may draw on a miner's triplets;
+  a miner that a sampler holds as its ``miner`` attribute is left to that sampler
+  (``SmartBatchSampler.update`` runs its miner's update itself, and skips it during warm-up).
+- **controller**: an object with ``observe()`` (called after every iteration) and
+  ``step()`` (called at the end of every epoch, before the updates), e.g.
+  ``AdaptiveController``. The setting it steers (``module.attribute``) is recorded per
+  epoch and saved with the models, so a resumed run continues with the same setting.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["EpochUpdater", "resolve_attribute"]
+
+LOGGER = logging.getLogger("pml_ext.runner")
+
+
+def _unwrap(obj: Any) -> Any:
+    """The object inside PML's distributed wrappers and pml_ext's shard sampler."""
+    from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
+    from ..samplers.distributed_shard_sampler import DistributedShardSampler
+
+    if isinstance(obj, DistributedMinerWrapper):
+        return obj.miner
+    if isinstance(obj, DistributedLossWrapper):
+        return obj.loss
+    if isinstance(obj, DistributedShardSampler) or getattr(obj, "wraps_sampler", False):
+        return _unwrap(obj.sampler)
+    return obj
+
+
+def resolve_attribute(module: Any, attribute: str) -> tuple[Any, str]:
+    """``(owner, name)`` of a possibly dotted ``attribute`` of ``module`` (``"miner.margin"``)."""
+    *path, name = attribute.split(".")
+    for part in path:
+        module = getattr(module, part)
+    return module, name
+
+
+class _ControllerState:
+    """Saved with the models by PML's HookContainer: the controller's state and its setting."""
+
+    def __init__(self, controller: Any, module: Any, attribute: str):
+        self.controller = controller
+        self.module, self.attribute = resolve_attribute(module, attribute)
+
+    def state_dict(self) -> dict:
+        state = {"setting": getattr(self.module, self.attribute)}
+        if callable(getattr(self.controller, "state_dict", None)):
+            state["controller"] = self.controller.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if "controller" in state and callable(getattr(self.controller, "load_state_dict", None)):
+            self.controller.load_state_dict(state["controller"])
+        setattr(self.module, self.attribute, state["setting"])
+
+
+class EpochUpdater:
+    """Calls ``observe``/``step`` on controllers and ``update`` on miners and samplers.
+
+    Args:
+        miners: ``{name: miner}`` (the trainer's ``mining_funcs``); those with ``update`` join.
+        sampler: the trainer's sampler, or ``None``; it joins when it has ``update``.
+        controllers: ``{name: (controller, module, attribute)}``.
+        embed_training_set: returns ``(embeddings: Tensor[N, d], labels: LongTensor[N])`` of the
+            whole training set with the current model (called only when something updates).
+    """
+
+    def __init__(self, miners: dict[str, Any], sampler: Any, controllers: dict[str, tuple[Any, Any, str]],
+                 embed_training_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]):
+        candidates = [(f"mining_funcs.{k}", _unwrap(v)) for k, v in miners.items()]
+        if sampler is not None:
+            candidates.append(("sampler", _unwrap(sampler)))
+        driven = {id(getattr(obj, "miner", None)) for _, obj in candidates}
+        seen: set[int] = set()
+        self.updatables: list[tuple[str, Any]] = []
+        for name, obj in candidates:
+            if callable(getattr(obj, "update", None)) and id(obj) not in seen | driven:
+                seen.add(id(obj))
+                self.updatables.append((name, obj))
+        self.controllers = dict(controllers)
+        self.embed_training_set = embed_training_set
+        self.history: list[dict] = []
+
+    @property
+    def saveable_controllers(self) -> dict[str, _ControllerState]:
+        """``{"controller_<name>": object with state_dict/load_state_dict}`` for PML's model
+        saving (files ``controller_<name>_<epoch>.pth`` next to the models)."""
+        return {f"controller_{name}": _ControllerState(c, m, a) for name, (c, m, a) in self.controllers.items()}
+
+    def settings(self) -> dict[str, float]:
+        """``{"<name>_<attribute>": value}`` of every controller, as plain floats."""
+        return {f"{name}_{attr}": float(getattr(*resolve_attribute(module, attr)))
+                for name, (_, module, attr) in self.controllers.items()}
+
+    @staticmethod
+    def call_update(obj: Any, embeddings: torch.Tensor, labels: torch.Tensor) -> Any:
+        """``obj.update`` with as many of ``(embeddings, labels)`` as its signature takes."""
+        params = inspect.signature(obj.update).parameters.values()
+        if any(p.kind == p.VAR_POSITIONAL for p in params):
+            return obj.update(embeddings, labels)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return obj.update(*(embeddings, labels)[: min(len(positional), 2)])
+
+    def end_of_iteration(self, trainer=None) -> None:
+        for controller, _, _ in self.controllers.values():
+            controller.observe()
+
+    def end_of_epoch(self, trainer) -> dict[str, float]:
+        """Step the controllers, refresh the updatables; returns this epoch's settings."""
+        for controller, _, _ in self.controllers.values():
+            controller.step()
+        self.refresh()
+        settings = self.settings()
+        self.history.append({"epoch": int(trainer.epoch), **settings})
+        return settings
+
+    def refresh(self) -> None:
+        """Recompute the training-set embeddings and pass them to every updatable."""
+        if not self.updatables:
+            return
+        embeddings, labels = self.embed_training_set()
+        for name, obj in self.updatables:
+            LOGGER.info("Updating %s (%s) with the embeddings of %d training samples",
+                        name, type(obj).__name__, len(labels))
+            self.call_update(obj, embeddings, labels)

@@ -1,0 +1,615 @@
+"""Run one powerful-benchmarker-style experiment on PML 2.x: ``pml-ext run --experiment_name NAME``.
+
+Experiment folder (PB's layout)::
+
+    <root_experiment_folder>/<experiment_name>/
+        configs/<category>.yaml         the merged config, one file per category
+        configs/resume_<n>.yaml         command-line overrides given when resuming
+        <split scheme>/saved_models/    trunk_<epoch>.pth, embedder_..., optimizers, controllers
+        <split scheme>/saved_csvs/      record-keeper: one CSV per record group + logs.db (SQLite)
+        <split scheme>/tensorboard_logs/  when tensorboard is installed
+        metrics_per_epoch.csv, primary_metric.png, loss.png, controller_*.png, run.log
+
+Under ``torchrun`` (gloo on CPU, NCCL on GPUs) every rank trains on its shard of each
+epoch's batches; only rank 0 evaluates, saves models and writes records and plots, and it
+broadcasts its keep-training decision so that every rank stops at the same epoch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .config_error import ConfigError
+from .config_reader import ConfigReader
+from .epoch_updater import EpochUpdater
+from .experiment_config import ExperimentConfig
+from .experiment_report import ITERATION, ExperimentReport
+from .object_factory import ObjectFactory
+from .registry import Registry, default_registry
+
+__all__ = ["ExperimentRunner"]
+
+LOGGER = logging.getLogger("pml_ext.runner")
+
+GENERAL_DEFAULTS = {
+    "num_epochs_train": 1000,
+    "save_interval": 2,
+    "patience": 9,
+    "check_untrained_accuracy": True,
+    "skip_eval_if_already_done": True,
+    "log_data_to_tensorboard": True,
+    "save_lists_in_db": False,
+    "seed": 0,
+    "device": None,
+    "distributed_timeout_seconds": 300,
+    "num_threads": None,
+    "splits_to_eval": ["val"],
+}
+# PB keys with no effect here (PB's factories, ensembles, Bayesian runner and API parsers)
+IGNORED_KEYS = ("api_parser", "factories", "aggregator", "ensemble", "save_figures_on_tensorboard",
+                "override_required_compatible_factories", "skip_ensemble_eval_if_already_done",
+                "layers_to_extract")
+USED_KEYS = set(GENERAL_DEFAULTS) | set(IGNORED_KEYS) | {
+    "trainer", "models", "optimizers", "loss_funcs", "mining_funcs", "sampler", "controllers", "controller",
+    "transforms", "tester", "hook_container", "dataset", "split_manager"}
+# required top-level keys and the category that should define each
+REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimizers": "config_optimizers",
+                 "loss_funcs": "config_loss_and_miners", "tester": "config_eval", "dataset": "config_dataset",
+                 "split_manager": "config_dataset"}
+REFERENCE_SETS = ("compared_to_self", "compared_to_sets_combined", "compared_to_training_set")
+
+
+def _batch_getter(keys):
+    """PML's ``data_and_label_getter`` for batches that are ``(data, labels)`` or PB-style dicts."""
+    def getter(batch):
+        if isinstance(batch, dict):
+            if keys is None:
+                raise ValueError("the data set yields dicts: give split_manager data_and_label_getter_keys")
+            return batch[keys[0]], batch[keys[1]]
+        return batch
+    return getter
+
+
+def _sql_safe_record_keeper():
+    import record_keeper as rk
+
+    class SqlSafeRecordKeeper(rk.RecordKeeper):
+        """record-keeper names a group after the attribute path; the items of a ``ModuleList``
+        (``MultipleLosses(losses=[...])``) give names starting with a digit, which SQLite
+        rejects as table names. Those get an ``m`` prefix."""
+
+        def append_primitive(self, group, series, value, global_iteration):
+            if group and group[0].isdigit():
+                group = "m" + group
+            super().append_primitive(group, series, value, global_iteration)
+
+    return SqlSafeRecordKeeper
+
+
+class _WholeBatches(torch.utils.data.Sampler):
+    """The inner sampler's stream cut to whole batches, so that every rank's shard holds only
+    full batches and every rank runs the same number of iterations (a trailing partial
+    batch would be dropped by the DataLoader on one rank only)."""
+
+    wraps_sampler = True  # EpochUpdater looks through it
+
+    def __init__(self, sampler, batch_size: int):
+        self.sampler, self.batch_size = sampler, int(batch_size)
+
+    def __iter__(self):
+        flat = list(iter(self.sampler))
+        return iter(flat[: len(flat) - len(flat) % self.batch_size])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - len(self.sampler) % self.batch_size
+
+    def update(self, *args, **kwargs):
+        return self.sampler.update(*args, **kwargs)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+class ExperimentRunner:
+    """Read a PB config folder, then train and test every split scheme with PML 2.x.
+
+    Args:
+        experiment_name: the experiment folder's name under ``root_experiment_folder``.
+        root_experiment_folder: where experiments live (default ``experiments``).
+        root_config_folder: a PB config folder; ``None`` = pml_ext's bundled configs.
+        config_names: ``{category: [file names]}`` (``--config_general default with_256_batch``).
+        overrides: ``{key: value}`` from ``--key <yaml>`` (flags allowed).
+        resume_training: ``"latest"`` to continue a saved experiment; the saved config is
+            used, with ``overrides`` merged on top (e.g. a larger ``num_epochs_train``).
+        dataset_root: where local data sets live (CUB200, Cars196, SOP, NpzFeatures).
+        registry: resolves class names (default: the one :func:`pml_ext.register` fills).
+    """
+
+    def __init__(self, experiment_name: str, root_experiment_folder: str = "experiments",
+                 root_config_folder: str | None = None, config_names: Mapping | None = None,
+                 overrides: Mapping | None = None, resume_training: str | None = None,
+                 dataset_root: str = "datasets", registry: Registry | None = None):
+        if not isinstance(experiment_name, str) or not experiment_name or os.sep in experiment_name:
+            raise ValueError(f"experiment_name must be a non-empty folder name, got {experiment_name!r}")
+        if resume_training not in (None, "latest"):
+            raise ValueError(f"resume_training must be 'latest' or None, got {resume_training!r}")
+        self.experiment_name = experiment_name
+        self.experiment_folder = os.path.abspath(os.path.join(root_experiment_folder, experiment_name))
+        self.root_config_folder = root_config_folder
+        self.config_names = dict(config_names or {})
+        self.overrides = list(overrides.items() if hasattr(overrides, "items") else (overrides or []))
+        self.resume_training = resume_training
+        self.dataset_root = dataset_root
+        self.registry = registry or default_registry
+        self.rank, self.world_size = 0, 1
+        self.objects: dict[str, dict] = {}  # per split scheme: what the run built, for inspection
+
+    # ---- config ---------------------------------------------------------------------------
+
+    def read_config(self) -> ExperimentConfig:
+        """The merged config: the root folder's files, or the saved ones when resuming."""
+        configs_folder = os.path.join(self.experiment_folder, "configs")
+        if self.resume_training:
+            saved = ExperimentConfig.load_saved(configs_folder)
+            return ConfigReader.apply_overrides(saved, self.overrides)
+        if os.path.isdir(configs_folder):
+            raise ValueError(f"experiment_name: {self.experiment_folder} already exists; pass "
+                             f"--resume_training latest to continue it, or choose another name")
+        return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
+
+    def general(self, config: ExperimentConfig) -> dict:
+        """PB's general keys with defaults, type-checked (errors name the key and its file)."""
+        out = {k: config.get(k, v) for k, v in GENERAL_DEFAULTS.items()}
+        for key in ("num_epochs_train", "save_interval"):
+            if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+                raise ConfigError(config.source_of(key), key, f"must be an integer >= 1, got {out[key]!r}")
+        if out["patience"] is not None and (not isinstance(out["patience"], int) or out["patience"] < 0):
+            raise ConfigError(config.source_of("patience"), "patience", f"must be null or an integer >= 0, "
+                                                                       f"got {out['patience']!r}")
+        if out["num_threads"] is not None and (not isinstance(out["num_threads"], int) or out["num_threads"] < 1):
+            raise ConfigError(config.source_of("num_threads"), "num_threads",
+                              f"must be null or an integer >= 1, got {out['num_threads']!r}")
+        if not isinstance(out["seed"], int):
+            raise ConfigError(config.source_of("seed"), "seed", f"must be an integer, got {out['seed']!r}")
+        if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
+            raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
+                              "must be a non-empty list of split names")
+        return out
+
+    @staticmethod
+    def map_splits_to_eval(splits: list, reference_set: str, available: list[str], source: str) -> list:
+        """PB's ``splits_to_eval`` + tester ``reference_set`` -> PML 2.x's ``[(query, [references])]``.
+
+        - ``compared_to_self``: each split is its own reference set;
+        - ``compared_to_sets_combined``: every listed split is compared with all of them;
+        - ``compared_to_training_set``: each split is compared with ``train``.
+
+        Entries already in PML 2.x's form (``[query, [references]]``) pass through.
+        """
+        if reference_set not in REFERENCE_SETS:
+            raise ConfigError(source, "tester.reference_set", f"must be one of {', '.join(REFERENCE_SETS)}, "
+                                                              f"got {reference_set!r}")
+        names = [s for s in splits if isinstance(s, str)]
+        out = []
+        for s in splits:
+            if isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[1], (list, tuple)):
+                query, refs = str(s[0]), [str(r) for r in s[1]]
+            elif isinstance(s, str):
+                query = s
+                refs = {"compared_to_self": [s], "compared_to_sets_combined": list(names),
+                        "compared_to_training_set": ["train"]}[reference_set]
+            else:
+                raise ConfigError(source, "splits_to_eval", f"entries must be split names or [query, [references]], "
+                                                            f"got {s!r}")
+            for name in [query] + refs:
+                if name not in available:
+                    raise ConfigError(source, "splits_to_eval", f"split '{name}' does not exist; the split "
+                                                                f"manager makes {', '.join(available)}")
+            out.append((query, refs))
+        return out
+
+    # ---- data -----------------------------------------------------------------------------
+
+    def datasets(self, config: ExperimentConfig, factory: ObjectFactory):
+        """``(train-time dataset, eval-time dataset)``: the same data, with each split's transforms."""
+        spec = config.require("dataset", "config_dataset")
+        source = config.source_of("dataset")
+        name, kwargs = self.registry.parse_spec(spec, source, "dataset")
+        cls = self.registry.get("dataset", name, source, "dataset")
+        injected = {}
+        if "dataset_root" not in kwargs and ObjectFactory.accepts(cls, "dataset_root"):
+            injected["dataset_root"] = self.dataset_root
+        if getattr(cls, "needs_image_transforms", False):
+            train = self.registry.build("dataset", spec, source, "dataset",
+                                        transform=factory.image_transform("train"), **injected)
+            evaluation = self.registry.build("dataset", spec, source, "dataset",
+                                             transform=factory.image_transform("eval"), **injected)
+            return train, evaluation
+        if config.get("transforms"):
+            LOGGER.info("transforms: not applied, %s is a feature data set", name)
+        dataset = self.registry.build("dataset", spec, source, "dataset", **injected)
+        return dataset, dataset
+
+    # ---- the run --------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train and test every split scheme; returns a summary.
+
+        Returns:
+            ``{"experiment_folder", "schemes": {name: {"start_epoch", "last_epoch",
+            "best_epoch", "wall_time"}}, "rows": [metrics per epoch], "table": str,
+            "plots": [paths], "notes": [registry notes]}`` (on rank 0; other ranks get the
+            scheme info only).
+        """
+        from ..utils.distributed import init_from_env, rank_and_world_size
+
+        config = self.read_config()
+        general = self.general(config)
+        distributed = init_from_env(timeout_seconds=float(general["distributed_timeout_seconds"]))
+        self.rank, self.world_size = rank_and_world_size()
+        handler = self._start_logging()
+        restore_threads = self._set_threads(general["num_threads"])
+        try:
+            if self.rank == 0:
+                self._save_config(config)
+            return self._run(config, general, distributed)
+        except RuntimeError as exc:
+            if distributed and any(w in str(exc).lower() for w in ("timed out", "timeout", "connection", "gloo")):
+                raise RuntimeError(
+                    f"rank {self.rank}: a collective with the other ranks failed ({exc}). Another rank "
+                    f"probably failed; see its traceback. Each rank waits at most "
+                    f"{general['distributed_timeout_seconds']} s (distributed_timeout_seconds).") from exc
+            raise
+        finally:
+            restore_threads()
+            if handler is not None:
+                LOGGER.removeHandler(handler)
+                handler.close()
+
+    @staticmethod
+    def _set_threads(num_threads: int | None):
+        """Set torch's and FAISS's thread counts for the run; returns a function restoring them."""
+        if num_threads is None:
+            return lambda: None
+        import faiss
+
+        previous = torch.get_num_threads(), faiss.omp_get_max_threads()
+        torch.set_num_threads(num_threads)
+        faiss.omp_set_num_threads(num_threads)
+
+        def restore():
+            torch.set_num_threads(previous[0])
+            faiss.omp_set_num_threads(previous[1])
+        return restore
+
+    def _start_logging(self):
+        if self.rank != 0:
+            return None
+        os.makedirs(self.experiment_folder, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(self.experiment_folder, "run.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        LOGGER.addHandler(handler)
+        if LOGGER.level == logging.NOTSET or LOGGER.level > logging.INFO:
+            LOGGER.setLevel(logging.INFO)
+        return handler
+
+    def _save_config(self, config: ExperimentConfig) -> None:
+        folder = os.path.join(self.experiment_folder, "configs")
+        if not self.resume_training:
+            config.save(folder)
+        elif self.overrides:
+            import yaml
+
+            n = len([f for f in os.listdir(folder) if f.startswith("resume_")])
+            with open(os.path.join(folder, f"resume_{n}.yaml"), "w") as f:
+                yaml.safe_dump(dict(self.overrides), f, sort_keys=False)
+        for category, files in config.sources.items():
+            LOGGER.info("%s: %s", category, ", ".join(files))
+
+    def _run(self, config: ExperimentConfig, general: dict, distributed: bool) -> dict:
+        for key, category in REQUIRED_KEYS.items():  # fail before any slow step
+            config.require(key, category)
+        unknown = sorted(set(config.flat) - USED_KEYS)
+        if unknown:
+            LOGGER.warning("unknown top-level keys (ignored; a typo?): %s", ", ".join(unknown))
+        ignored = [k for k in IGNORED_KEYS if config.get(k)]
+        if ignored:
+            LOGGER.info("PB keys without effect in pml_ext's runner: %s", ", ".join(ignored))
+        factory = ObjectFactory(config, self.registry)
+        _seed_all(general["seed"])
+        train_data, eval_data = self.datasets(config, factory)
+        manager = self.registry.build("split_manager", config.require("split_manager", "config_dataset"),
+                                      config.source_of("split_manager"), "split_manager")
+        schemes = manager.split_schemes(train_data)
+        report = None
+        summary: dict[str, Any] = {"experiment_folder": self.experiment_folder, "schemes": {}}
+        for scheme_name, indices in schemes.items():
+            LOGGER.info("Split scheme %s: %s", scheme_name,
+                        ", ".join(f"{k}={len(v)} samples" for k, v in indices.items()))
+            info, scheme_report = self._run_scheme(config, general, factory, manager, scheme_name, indices,
+                                                   train_data, eval_data, distributed)
+            summary["schemes"][scheme_name] = info
+            if scheme_report is not None:
+                report = report or ExperimentReport(scheme_report["primary_metric"])
+                report.add(scheme_name, scheme_report["accuracies"], scheme_report["losses"],
+                           scheme_report["settings"])
+        summary["notes"] = list(self.registry.notes)
+        if self.rank == 0 and report is not None:
+            summary["rows"] = report.rows()
+            summary["table"] = report.table()
+            summary["plots"] = report.write(self.experiment_folder)
+            LOGGER.info("Metrics per epoch:\n%s", summary["table"])
+        return summary
+
+    def _run_scheme(self, config, general, factory: ObjectFactory, manager, scheme_name: str,
+                    indices: dict, train_data, eval_data, distributed: bool):
+        from pytorch_metric_learning.utils import common_functions as pml_cf
+
+        from ..utils.distributed import broadcast_object
+
+        start_time = time.time()
+        folder = os.path.join(self.experiment_folder, scheme_name)
+        model_folder = os.path.join(folder, "saved_models")
+        seed = general["seed"]
+        _seed_all(seed)
+        device = torch.device(general["device"]) if general["device"] else pml_cf.use_cuda_if_available()
+        getter = _batch_getter(manager.data_and_label_getter_keys)
+        all_labels = torch.as_tensor(manager.labels_of(train_data))
+        train_idx = torch.as_tensor(indices["train"], dtype=torch.long)
+        train_labels = all_labels[train_idx]
+        train_set = torch.utils.data.Subset(train_data, train_idx.tolist())
+        eval_sets = {split: torch.utils.data.Subset(eval_data, list(map(int, idx))) for split, idx in indices.items()}
+
+        sample = getter(torch.utils.data.default_collate([train_set[i] for i in range(min(2, len(train_set)))]))[0]
+        models = {k: v.to(device) for k, v in factory.models(sample).items()}
+        loss_funcs = factory.named_objects("loss_funcs", "loss", required=True)
+        mining_funcs = factory.named_objects("mining_funcs", "miner", required=False)
+        for name, obj in list(loss_funcs.items()) + list(mining_funcs.items()):
+            if isinstance(obj, torch.nn.Module):
+                obj.to(device)
+        trainer_name, trainer_kwargs = self.registry.parse_spec(config.require("trainer", "config_general"),
+                                                                 config.source_of("trainer"), "trainer")
+        batch_size = int(trainer_kwargs.get("batch_size", 32))
+        sampler = factory.sampler(train_labels, train_set, batch_size, mining_funcs, seed)
+        controllers = factory.controllers({"mining_funcs": mining_funcs, "loss_funcs": loss_funcs,
+                                           "models": models, "sampler": sampler})
+        optimizers, lr_schedulers, clippers = factory.optimizers({**models, **loss_funcs})
+
+        if distributed:
+            loss_funcs, mining_funcs, sampler = self._distribute(loss_funcs, mining_funcs, sampler,
+                                                                 len(train_set), batch_size, seed)
+        updater = EpochUpdater(mining_funcs, sampler, controllers,
+                               lambda: self._embed_training_set(models, eval_sets["train"], train_labels,
+                                                                device, getter, distributed))
+
+        tester_name, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"),
+                                                               config.source_of("tester"), "tester")
+        reference_set = tester_kwargs.pop("reference_set", "compared_to_self")
+        if not tester_kwargs.get("visualizer"):
+            tester_kwargs.pop("visualizer", None)
+        splits_to_eval = self.map_splits_to_eval(general["splits_to_eval"], reference_set, list(indices),
+                                                 config.source_of("splits_to_eval"))
+        hooks, record_keeper = self._hooks(config, general, folder, splits_to_eval)
+        tester = None
+        if self.rank == 0:
+            tester = self.registry.build("tester", {tester_name: tester_kwargs}, config.source_of("tester"),
+                                         "tester", data_device=device, data_and_label_getter=getter,
+                                         end_of_testing_hook=hooks.end_of_testing_hook)
+            primary = hooks.primary_metric
+            if primary not in tester.accuracy_calculator.get_curr_metrics():
+                raise ConfigError(config.source_of("hook_container"), "hook_container.primary_metric",
+                                  f"'{primary}' is not computed by the accuracy calculator; it computes "
+                                  f"{', '.join(tester.accuracy_calculator.get_curr_metrics())}")
+        eval_hook = hooks.end_of_epoch_hook(tester, eval_sets, model_folder, test_interval=general["save_interval"],
+                                            patience=general["patience"], splits_to_eval=splits_to_eval) \
+            if self.rank == 0 else None
+
+        def end_of_iteration(trainer):
+            updater.end_of_iteration(trainer)
+            if self.rank == 0:
+                hooks.end_of_iteration_hook(trainer)
+
+        def end_of_epoch(trainer):
+            settings = updater.end_of_epoch(trainer)
+            keep_training = True
+            if self.rank == 0:
+                if controllers:
+                    record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
+                    record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
+                keep_training = eval_hook(trainer) is not False
+            # Every rank must stop at the same epoch, or the others would wait forever in a collective.
+            keep_training = broadcast_object(keep_training)
+            _seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
+            return keep_training
+
+        trainer = self.registry.build(
+            "trainer", {trainer_name: trainer_kwargs}, config.source_of("trainer"), "trainer",
+            models=models, optimizers=optimizers, loss_funcs=loss_funcs, mining_funcs=mining_funcs,
+            dataset=train_set, sampler=sampler, data_device=device, lr_schedulers=lr_schedulers,
+            gradient_clippers=clippers or None, dataset_labels=train_labels.numpy(),
+            data_and_label_getter=getter, end_of_iteration_hook=end_of_iteration,
+            end_of_epoch_hook=end_of_epoch)
+        self.objects[scheme_name] = {"models": models, "loss_funcs": loss_funcs, "mining_funcs": mining_funcs,
+                                     "sampler": sampler, "controllers": controllers, "trainer": trainer,
+                                     "tester": tester, "hooks": hooks}
+        if controllers:
+            trainer.controllers = updater.saveable_controllers
+            hooks.saveable_trainer_objects.append("controllers")
+        if distributed:
+            self._average_gradients_after_backward(trainer)
+
+        start_epoch = 1
+        if self.resume_training:
+            start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
+            LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
+            if start_epoch > 1:
+                _seed_all(seed + 1000 * (start_epoch - 1))
+                if callable(getattr(sampler, "set_epoch", None)):
+                    sampler.set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
+                updater.refresh()
+        elif self.rank == 0 and general["check_untrained_accuracy"]:
+            self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
+
+        num_epochs = general["num_epochs_train"]
+        if start_epoch <= num_epochs:
+            trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
+            last_epoch = int(trainer.epoch)
+        else:
+            LOGGER.info("%s: already trained for %d epochs (num_epochs_train=%d)", scheme_name,
+                        start_epoch - 1, num_epochs)
+            last_epoch = start_epoch - 1
+        info = {"start_epoch": start_epoch, "last_epoch": last_epoch, "wall_time": time.time() - start_time}
+        if self.rank != 0:
+            return info, None
+        record_keeper.save_records()
+        validation = hooks.validation_split_name
+        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation)
+        info.update(best_epoch=best_epoch, best_accuracy=best)
+        accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
+        settings = self._settings_history(record_keeper)
+        return info, {"primary_metric": hooks.primary_metric, "accuracies": accuracies,
+                      "losses": hooks.get_loss_history(), "settings": settings}
+
+    # ---- pieces ---------------------------------------------------------------------------
+
+    def _hooks(self, config, general, folder: str, splits_to_eval: list):
+        """PML's HookContainer with a record-keeper writing CSV + SQLite (+ tensorboard)."""
+        from pytorch_metric_learning.utils import common_functions as pml_cf
+
+        record_keeper = None
+        if self.rank == 0:
+            import record_keeper as rk
+
+            writer = rk.RecordWriter(folder=os.path.join(folder, "saved_csvs"),
+                                     save_lists=bool(general["save_lists_in_db"]))
+            tensorboard = None
+            if general["log_data_to_tensorboard"]:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    tensorboard = SummaryWriter(log_dir=os.path.join(folder, "tensorboard_logs"))
+                except ImportError:
+                    LOGGER.info("tensorboard is not installed: records go to CSV and SQLite only")
+            record_keeper = _sql_safe_record_keeper()(
+                tensorboard_writer=tensorboard, record_writer=writer,
+                attributes_to_search_for=pml_cf.list_of_recordable_attributes_list_names())
+        spec = config.get("hook_container") or {"HookContainer": {}}
+        name, kwargs = self.registry.parse_spec(spec, config.source_of("hook_container"), "hook_container")
+        kwargs.setdefault("validation_split_name", splits_to_eval[0][0])
+        if kwargs["validation_split_name"] not in [q for q, _ in splits_to_eval]:
+            raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
+                              f"'{kwargs['validation_split_name']}' is not evaluated; splits_to_eval has "
+                              f"{', '.join(q for q, _ in splits_to_eval)}")
+        hooks = self.registry.build("hook_container", {name: kwargs}, config.source_of("hook_container"),
+                                    "hook_container", record_keeper=record_keeper)
+        return hooks, record_keeper
+
+    def _check_untrained_accuracy(self, hooks, tester, eval_sets, models, splits_to_eval, general) -> None:
+        """PB's epochs -1 (trunk output only) and 0 (trunk + embedder), before any training."""
+        for epoch, trunk_only in ((-1, True), (0, False)):
+            tester.use_trunk_output = trunk_only
+            try:
+                todo = self._splits_not_yet_evaluated(hooks, tester, epoch, splits_to_eval) \
+                    if general["skip_eval_if_already_done"] else [(q, list(r)) for q, r in splits_to_eval]
+                if todo:
+                    tester.test(eval_sets, epoch, models["trunk"], models["embedder"], todo)
+            finally:
+                tester.use_trunk_output = False
+
+    @staticmethod
+    def _splits_not_yet_evaluated(hooks, tester, epoch: int, splits_to_eval: list) -> list:
+        """PML 2.x's ``HookContainer.run_tester_separately`` expects PB's old split names; this
+        is its skip rule for the ``(query, [references])`` form."""
+        todo = []
+        for query, refs in splits_to_eval:
+            tester.reference_split_names[query] = list(refs)  # names the record table, as test() would
+            if len(hooks.get_accuracies_of_epoch(tester, query, epoch)) == 0:
+                todo.append((query, list(refs)))
+        return todo
+
+    def _distribute(self, loss_funcs, mining_funcs, sampler, num_train: int, batch_size: int, seed: int):
+        from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+
+        from ..samplers.distributed_shard_sampler import DistributedShardSampler
+
+        loss_funcs = {k: DistributedLossWrapper(v) for k, v in loss_funcs.items()}
+        mining_funcs = {k: DistributedMinerWrapper(v) for k, v in mining_funcs.items()}
+        if sampler is None:
+            # Every rank draws the same permutation from the same seed, then keeps its batches.
+            sampler = torch.utils.data.RandomSampler(range(num_train), generator=torch.Generator().manual_seed(seed))
+        if hasattr(sampler, "rank") and hasattr(sampler, "world_size"):
+            # Samplers with rank/world_size (SmartBatchSampler, HardNeighborSampler) already yield
+            # only this rank's batches; every rank must still run as many iterations.
+            if getattr(sampler, "drop_uneven", True) is False:
+                sampler.drop_uneven = True
+        else:
+            sampler = DistributedShardSampler(_WholeBatches(sampler, batch_size), batch_size, drop_uneven=True)
+        LOGGER.info("distributed: rank %d of %d; losses and miners wrapped with PML's distributed wrappers",
+                    self.rank, self.world_size)
+        return loss_funcs, mining_funcs, sampler
+
+    @staticmethod
+    def _average_gradients_after_backward(trainer) -> None:
+        """What DDP does, without wrapping the models (the tester and HookContainer see plain modules)."""
+        import torch.distributed as dist
+
+        original_backward = trainer.backward
+        params = [p for m in trainer.models.values() for p in m.parameters()]
+        params += [p for m in trainer.loss_funcs.values() if isinstance(m, torch.nn.Module) for p in m.parameters()]
+        world = dist.get_world_size()
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+        def backward():
+            original_backward()
+            for p in params:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= world
+
+        trainer.backward = backward
+
+    def _embed_training_set(self, models, dataset, labels: torch.Tensor, device, getter, distributed: bool):
+        """``(embeddings [N, d], labels [N])`` of the training set; each rank embeds a shard when distributed."""
+        import tqdm
+
+        from ..utils.distributed import gather_training_set
+
+        positions = torch.arange(len(dataset))
+        if distributed:
+            positions = positions[self.rank::self.world_size]
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions.tolist()),
+                                             batch_size=256, shuffle=False, num_workers=0)
+        was_training = {k: m.training for k, m in models.items()}
+        for m in models.values():
+            m.eval()
+        chunks = []
+        with torch.no_grad():
+            for batch in tqdm.tqdm(loader, desc="embedding the training set", leave=False):
+                data, _ = getter(batch)
+                chunks.append(models["embedder"](models["trunk"](data.to(device))).detach())
+        for k, m in models.items():
+            m.train(was_training[k])
+        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 1, device=device)
+        if distributed:
+            return gather_training_set(embeddings, labels[positions].to(device), positions.to(device))
+        return embeddings, labels.to(device)
+
+    @staticmethod
+    def _settings_history(record_keeper) -> list[dict]:
+        table = "controller_settings"
+        if not record_keeper.table_exists(table):
+            return []
+        rows = record_keeper.query(f"SELECT * FROM {table}", return_dict=True)
+        epochs = rows.get(ITERATION, [])
+        names = [k for k in rows if k not in ("id", ITERATION)]
+        return [{"epoch": int(e), **{n: rows[n][i] for n in names}} for i, e in enumerate(epochs)]

@@ -1,0 +1,64 @@
+"""``torchrun --nproc_per_node 2 -m pml_ext run`` on CPU with gloo (world size 2)."""
+import os
+import pathlib
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+TESTS = pathlib.Path(__file__).parent
+SCHEME = "Test50_50_Partitions1_0"
+
+
+def torchrun(tmp_path, *args, timeout=240):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pml_ext", "run", "--root_experiment_folder", str(tmp_path), "--num_epochs_train", "1",
+           "--check_untrained_accuracy", "false", "--trainer~APPLY~2", "{iterations_per_epoch:", "3}", *args]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_process_run_on_digits_trains_and_only_rank_0_writes_records(tmp_path):
+    result = torchrun(tmp_path, "--experiment_name", "dist")
+    assert result.returncode == 0, result.stderr[-3000:]
+    db = tmp_path / "dist" / SCHEME / "saved_csvs" / "logs.db"
+    with sqlite3.connect(db) as conn:
+        losses = conn.execute("SELECT total_loss FROM loss_histories").fetchall()
+        epochs = conn.execute("SELECT epoch FROM accuracies_normalized_GlobalEmbeddingSpaceTester_level_0_"
+                              "TEST_vs_self").fetchall()
+    # 3 iterations ran on each rank; one set of records, from rank 0 (two writers would give 6 rows).
+    assert len(losses) == 3 and epochs == [(1,)]
+    log = (tmp_path / "dist" / "run.log").read_text()
+    assert "distributed: rank 0 of 2" in log and "rank 1" not in log
+    assert (tmp_path / "dist" / SCHEME / "saved_models" / "trunk_1.pth").is_file()
+
+
+def test_a_rank_that_fails_mid_run_makes_the_other_exit_with_a_clear_error(tmp_path):
+    # The two ranks are started the way torchrun starts them (its environment variables), but
+    # without torchrun's agent, which would kill rank 0 itself: rank 0 must end on its own.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "pml_ext", "run", "--root_experiment_folder", str(tmp_path),
+            "--experiment_name", "fail", "--num_epochs_train", "1", "--check_untrained_accuracy", "false",
+            "--register_module", "runner_plugins", "--distributed_timeout_seconds", "20",
+            "--mining_funcs~OVERRIDE~", "{tuple_miner:", "{FailOnRankOneMiner:", "{}}}"]
+    start = time.time()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                   LOCAL_RANK=str(rank), PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        procs.append(subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [p.communicate(timeout=180)[1] for p in procs]
+    finally:
+        for p in procs:  # a hang must not outlive the test
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [1, 1]
+    assert "rank 1 failed on purpose" in errors[1]
+    assert "rank 0: a collective with the other ranks failed" in errors[0]
+    assert "Another rank probably failed" in errors[0]
+    assert time.time() - start < 180
