@@ -3,11 +3,13 @@
 Speed (``--part speed``), on the clustered unit-norm embeddings of bench_index.py (d=64,
 ~50 points per class, so k=32 lists hold both positives and negatives):
 
-* ``smart_triplets`` alone on the k=32 lists of the whole set (median of 3 runs);
+* ``smart_triplets`` alone on the k=32 lists of the whole set (median of 3 runs, with
+  the run's torch threads and with 1 thread);
 * the whole per-epoch mining, ``SmartMiner.update`` (index build + ``knn_all`` +
   Algorithm 1 + the epoch's ``fraction_active``), one run;
 * exact global hard mining: every anchor's hardest positive and hardest negative over
-  all N (the full N x N distances in row chunks), the exhaustive alternative;
+  all N (the full N x N distances in row chunks), the exhaustive alternative; its cost
+  is linear in the anchors, so ``--exact-rows`` anchors are timed and scaled to N;
 * at N = 10k also PML's ``BatchHardMiner`` over the whole set (one N x N matrix; it
   cannot run at 100k: 40 GB), measured in the same run.
 
@@ -49,10 +51,15 @@ K = 32
 
 
 # ---------------------------------------------------------------------- speed
-def exact_global_hard_mining(x: torch.Tensor, labels: torch.Tensor, chunk: int = 1024):
-    """Hardest positive and negative of every anchor over all N: ``(a, p, n)`` LongTensors."""
+def exact_global_hard_mining(x: torch.Tensor, labels: torch.Tensor, num_anchors: int | None = None,
+                             chunk: int = 1024):
+    """Hardest positive and negative over all N of the first ``num_anchors`` anchors (default all).
+
+    Returns ``(a, p, n)`` LongTensors. The cost is linear in the number of anchors (each
+    scans all N), so a prefix of anchors measures the whole by scaling.
+    """
     hardest_pos, hardest_neg = [], []
-    for start in range(0, x.shape[0], chunk):
+    for start in range(0, num_anchors or x.shape[0], chunk):
         sq = (2 - 2 * x[start:start + chunk] @ x.T).clamp_min_(0)  # unit vectors
         same = labels[start:start + chunk].unsqueeze(1) == labels.unsqueeze(0)
         rows = torch.arange(sq.shape[0])
@@ -60,7 +67,8 @@ def exact_global_hard_mining(x: torch.Tensor, labels: torch.Tensor, chunk: int =
         hardest_pos.append(sq.masked_fill(~same, -1.0).argmax(dim=1))
         same[rows, rows + start] = True
         hardest_neg.append(sq.masked_fill_(same, float("inf")).argmin(dim=1))
-    return torch.arange(x.shape[0]), torch.cat(hardest_pos), torch.cat(hardest_neg)
+    positives = torch.cat(hardest_pos)
+    return torch.arange(positives.shape[0]), positives, torch.cat(hardest_neg)
 
 
 def timed(fn, *args, **kwargs):
@@ -69,47 +77,63 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
+def cpu_timed(fn, *args, **kwargs):
+    """``(out, wall seconds, CPU seconds of this process, all threads)``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def capture_algorithm1():
     """Record the lists, kappa and time of the ``smart_triplets`` call inside ``SmartMiner.update``."""
     seen = {}
 
     def wrapper(nbr, dist, labels, kappa, generator=None, **kwargs):
-        out, seconds = timed(smart_triplets, nbr, dist, labels, kappa, generator, **kwargs)
-        seen.update(lists=(nbr, dist, labels, kappa), seconds=seconds)
+        out, seconds, cpu = cpu_timed(smart_triplets, nbr, dist, labels, kappa, generator, **kwargs)
+        seen.update(lists=(nbr, dist, labels, kappa), seconds=seconds, cpu=cpu)
         return out
 
     smart_miner_module.smart_triplets = wrapper
     return seen
 
 
-def speed_part(num_points: int, small: int) -> str:
+def speed_part(num_points: int, small: int, exact_rows: int) -> str:
     seen = capture_algorithm1()
     rows = []
     for n in (small, num_points):
         x, labels = clustered_embeddings(n, 64)
         miner = SmartMiner(kappa=1.0, k=K, seed=0)
-        _, whole = timed(miner.update, x, labels)
+        _, whole, whole_cpu = cpu_timed(miner.update, x, labels)
         nbr, dist, lab, kappa = seen["lists"]
-        alg1 = [seen["seconds"]] + [timed(smart_triplets, nbr, dist, lab, kappa, torch.Generator().manual_seed(0))[1]
-                                    for _ in range(2)]
-        _, exact = timed(exact_global_hard_mining, x, labels)
-        pml = None
-        if n == small:
-            _, pml = timed(BatchHardMiner(), x, labels)
-        rows.append({"n": n, "alg1": statistics.median(alg1), "whole": whole, "index": whole - alg1[0],
-                     "exact": exact, "pml": pml, "mined": miner.num_mined, "random": miner.num_random,
-                     "e": miner.epoch_fraction_active})
+        alg1 = [(seen["seconds"], seen["cpu"])]
+        alg1 += [cpu_timed(smart_triplets, nbr, dist, lab, kappa, torch.Generator().manual_seed(0))[1:]
+                 for _ in range(2)]
+        alg1_wall, alg1_cpu = sorted(alg1)[1]
+        # Small element-wise kernels contend badly for two OpenMP threads on a shared machine.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        alg1_one = sorted(timed(smart_triplets, nbr, dist, lab, kappa, torch.Generator().manual_seed(0))[1]
+                          for _ in range(3))[1]
+        torch.set_num_threads(threads)
+        anchors = min(n, exact_rows)
+        _, exact = timed(exact_global_hard_mining, x, labels, anchors)
+        exact *= n / anchors
+        pml = timed(BatchHardMiner(), x, labels)[1] if n == small else None
+        rows.append({"n": n, "alg1": alg1_wall, "alg1_cpu": alg1_cpu, "alg1_one": alg1_one, "whole": whole, "whole_cpu": whole_cpu,
+                     "index": whole - alg1[0][0], "exact": exact, "exact_rows": anchors, "pml": pml,
+                     "mined": miner.num_mined, "random": miner.num_random, "e": miner.epoch_fraction_active})
         print(rows[-1], flush=True)
-    lines = ["| N | smart_triplets s (median of 3) | per-epoch mining s (SmartMiner.update) | of which index s "
+    lines = ["| N | smart_triplets s (CPU s) | smart_triplets s, 1 thread | per-epoch mining s (CPU s) | of which index s "
              "| exact global hard mining s | PML BatchHardMiner s | exact / smart | PML / smart "
              "| mined | random | epoch e |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pml = f"{r['pml']:.2f}" if r["pml"] is not None else "n/a (N x N = 40 GB)"
         pml_ratio = f"{r['pml'] / r['whole']:.2f}" if r["pml"] is not None else "n/a"
-        lines.append(f"| {r['n']:,} | {r['alg1']:.2f} | {r['whole']:.2f} | {r['index']:.2f} | {r['exact']:.2f} | "
-                     f"{pml} | {r['exact'] / r['whole']:.2f} | {pml_ratio} | {r['mined']:,.0f} | "
-                     f"{r['random']:,.0f} | {r['e']:.3f} |")
+        scaled = "" if r["exact_rows"] == r["n"] else f" ({r['exact_rows']:,} anchors timed, x {r['n'] / r['exact_rows']:.1f})"
+        lines.append(f"| {r['n']:,} | {r['alg1']:.2f} ({r['alg1_cpu']:.2f}) | {r['alg1_one']:.2f} | {r['whole']:.2f} ({r['whole_cpu']:.2f}) | "
+                     f"{r['index']:.2f} | {r['exact']:.2f}{scaled} | {pml} | {r['exact'] / r['whole']:.2f} | "
+                     f"{pml_ratio} | {r['mined']:,.0f} | {r['random']:,.0f} | {r['e']:.3f} |")
     return "\n".join(lines)
 
 
@@ -223,6 +247,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("speed", "accuracy", "all"), default="all")
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--small-n", type=int, default=10_000)
+    parser.add_argument("--exact-rows", type=int, default=8192,
+                        help="anchors timed for exact global hard mining (the time is scaled to N)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -233,7 +259,7 @@ def main() -> None:
              f"pml_ext {pml_ext.__version__}; 1-min load average at start {load:.1f} on {os.cpu_count()} cores.")
     text = RESULTS.read_text() if RESULTS.exists() else "# Smart mining benchmarks\n"
     if args.part in ("speed", "all"):
-        body = speed_part(args.n, args.small_n)
+        body = speed_part(args.n, args.small_n, args.exact_rows)
         text = replace_section(text, "Speed", f"{stamp} {args.threads} threads.\n\n{body}")
     if args.part in ("accuracy", "all"):
         # Batches of 48 are far too small for two OpenMP threads: on a shared machine one

@@ -25,3 +25,5 @@ from .hooks.fraction_active_meter import FractionActiveMeter
 from .hooks.control_rule import ControlRule
 from .hooks.least_squares_rule import LeastSquaresRule
 from .hooks.proportional_rule import ProportionalRule
+from .miners.isometric_hard_miner import IsometricHardMiner
+from .utils.accuracy_calculator import AccuracyCalculator

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import yaml
 
-USAGE = __doc__
+USAGE = __doc__.replace("``", "")
 OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training"}
 LIST_OPTIONS = {"register_module", "methods"}
 _KEY = re.compile(r"^--[A-Za-z]")
@@ -57,6 +57,8 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
                 config_names[key] = names
             else:
                 options[key] = names
+        elif key == "splits_to_eval" and words and not words[0].startswith("["):
+            overrides.append((key, _names(words, key)))  # PB's argparse form: --splits_to_eval val test
         else:
             text = " ".join(words)
             try:

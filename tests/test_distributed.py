@@ -53,3 +53,14 @@ def test_drop_uneven_gives_every_rank_the_same_number_of_batches():
 def test_shard_sampler_validates_rank():
     with pytest.raises(ValueError, match="rank"):
         DistributedShardSampler(list(range(8)), 4, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("drop_uneven", [True, False])
+def test_len_equals_the_number_of_indices_yielded(drop_uneven):
+    # 66 samples in batches of 8 on 3 ranks: 9 batches, the last one partial, all kept.
+    for num_samples in (0, 5, 64, 66, 70, 71):
+        for world_size in (1, 2, 3):
+            for rank in range(world_size):
+                shard = DistributedShardSampler(list(range(num_samples)), 8, rank=rank,
+                                                world_size=world_size, drop_uneven=drop_uneven)
+                assert len(shard) == len(list(shard))

@@ -216,12 +216,13 @@ def test_command_line_words_are_joined_into_yaml_values():
     argv = ["--experiment_name", "e1", "--config_general", "default", "with_256_batch",
             "--config_models", "[default, with_daml]",
             "--trainer~APPLY~2", "{batch_size:", "256,", "dataloader_num_workers:", "0}",
-            "--models", "{embedder~OVERRIDE~:", "{Identity:", "{}}}", "--patience", "null", "--check_untrained_accuracy"]
+            "--models", "{embedder~OVERRIDE~:", "{Identity:", "{}}}", "--patience", "null", "--check_untrained_accuracy",
+            "--splits_to_eval", "val", "test"]
     options, names, overrides = parse_run_args(argv)
     assert options == {"experiment_name": "e1"}
     assert names == {"config_general": ["default", "with_256_batch"], "config_models": ["default", "with_daml"]}
     assert overrides == [("trainer~APPLY~2", {"batch_size": 256, "dataloader_num_workers": 0}),
                          ("models", {"embedder~OVERRIDE~": {"Identity": {}}}),
-                         ("patience", None), ("check_untrained_accuracy", True)]
+                         ("patience", None), ("check_untrained_accuracy", True), ("splits_to_eval", ["val", "test"])]
     with pytest.raises(ConfigError, match=r"command line: --trainer: bad YAML"):
         parse_run_args(["--trainer", "{MetricLossOnly:", "{batch_size:", "[}}"])

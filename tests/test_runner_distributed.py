@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 TESTS = pathlib.Path(__file__).parent
 SCHEME = "Test50_50_Partitions1_0"
 
@@ -19,6 +21,7 @@ def torchrun(tmp_path, *args, timeout=240):
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_process_run_on_digits_trains_and_only_rank_0_writes_records(tmp_path):
     result = torchrun(tmp_path, "--experiment_name", "dist")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -34,6 +37,7 @@ def test_two_process_run_on_digits_trains_and_only_rank_0_writes_records(tmp_pat
     assert (tmp_path / "dist" / SCHEME / "saved_models" / "trunk_1.pth").is_file()
 
 
+@pytest.mark.slow
 def test_a_rank_that_fails_mid_run_makes_the_other_exit_with_a_clear_error(tmp_path):
     # The two ranks are started the way torchrun starts them (its environment variables), but
     # without torchrun's agent, which would kill rank 0 itself: rank 0 must end on its own.

@@ -204,11 +204,6 @@ def test_epoch_updates_and_a_controller_get_their_calls_from_the_run(tmp_path):
         pytest.approx([0.1, 0.05, 0.025])
 
 
-SMART = ("SmartMiner", "SmartBatchSampler", "RatioTripletLoss", "GlobalLoss", "AdaptiveController")
-
-
-@pytest.mark.skipif(not all(hasattr(pml_ext, n) for n in SMART),
-                    reason="needs pml_ext's smart-mining classes and AdaptiveController (issues 4 and 5)")
 def test_smart_mining_method_runs_with_its_sampler_updates_and_controller(tmp_path):
     from pml_ext.runner.comparison_runner import ComparisonRunner
 

@@ -60,7 +60,7 @@ def test_algorithm1_triplets_reach_the_loss_through_a_dataloader():
     with torch.no_grad():
         emb = model(train.data)
     miner = SmartMiner(kappa=1.0, seed=0, index_method="exact")
-    sampler = SmartBatchSampler(miner, 48, warmup_epochs=0, seed=0)
+    sampler = SmartBatchSampler(miner, 48, warmup_epochs=0, seed=0, triplets_per_epoch=128)
     sampler.update(emb, train.labels)
     selected = set(zip(*(t.tolist() for t in miner.triplets)))
     dataset = TensorDataset(train.data, train.labels, torch.arange(len(train)))
@@ -75,7 +75,7 @@ def test_algorithm1_triplets_reach_the_loss_through_a_dataloader():
         reached += list(zip(idx[a].tolist(), idx[p].tolist(), idx[n].tolist()))
         ra, rp, rn = SmartMiner(kappa=1.0)(embeddings.detach(), labels)
         re_mined += list(zip(idx[ra].tolist(), idx[rp].tolist(), idx[rn].tolist()))
-    assert len(reached) == len(loader) * 16
+    assert len(loader) == 8 and len(reached) == 8 * 16
     assert set(reached) <= selected  # exactly Algorithm 1's triplets reach the loss
     # Mining again inside the batch would have trained on other triplets.
     assert sum(t in selected for t in re_mined) < 0.5 * len(re_mined)

@@ -203,3 +203,15 @@ def test_ratio_loss_zero_pattern_matches_fraction_active():
     triplets = miner(emb, labels)
     losses = pml_ext.RatioTripletLoss(margin=0.2, reducer=DoNothingReducer())(emb, labels, triplets)["loss"]["losses"]
     assert miner.fraction_active == pytest.approx(float((losses > 0).double().mean()))
+
+
+def test_update_accepts_a_prebuilt_index_and_rejects_a_mismatched_one():
+    from pml_ext import EmbeddingIndex
+
+    emb, labels = batch(num=120, dim=6, num_classes=4, seed=12, dtype=torch.float32)
+    own = SmartMiner(kappa=1.0, k=10, seed=5, index_method="exact").update(emb, labels)
+    index = EmbeddingIndex("exact").build(emb)
+    given = SmartMiner(kappa=1.0, k=10, seed=5).update(emb, labels, index=index)
+    assert all(torch.equal(x, y) for x, y in zip(own, given))
+    with pytest.raises(ValueError, match="index"):
+        SmartMiner().update(emb[:50], labels[:50], index=index)

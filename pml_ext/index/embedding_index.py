@@ -118,6 +118,7 @@ class EmbeddingIndex:
         self.build_time = time.perf_counter() - start
         self._knn = knn
         self._data = data
+        self._data_sq = (data ** 2).sum(1)
         self.resolved_method = method
         self.num_points = num_points
         self.dim = dim
@@ -169,8 +170,7 @@ class EmbeddingIndex:
                              f"got shape {tuple(queries.shape)}")
         k = _check_k(k, self.num_points, "search", self.num_points)
         q = self.distance.maybe_normalize(queries.detach().cpu()).to(self._data.dtype)
-        _, indices = self._faiss_search(q, k)
-        distances, indices = self._finish(q, indices, exclude=None)
+        distances, indices = self._finish(q, *self._faiss_search(q, k), exclude=None)
         return distances.to(queries.device), indices.to(queries.device)
 
     def knn_all(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,9 +182,9 @@ class EmbeddingIndex:
         """
         self._require_built()
         k = _check_k(k, self.num_points - 1, "knn_all", self.num_points)
-        _, indices = self._faiss_search(self._data, k + 1)
         own = torch.arange(self.num_points)
-        return self._finish(self._data, _drop_self(indices, own), exclude=own)
+        raw, indices = _drop_self(*self._faiss_search(self._data, k + 1), own)
+        return self._finish(self._data, raw, indices, exclude=own)
 
     def _faiss_search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._knn.index
@@ -197,36 +197,48 @@ class EmbeddingIndex:
             distances, indices = index.search(_as_faiss_input(q), k)
         return torch.as_tensor(distances), torch.as_tensor(indices).long()
 
-    def _finish(self, q: torch.Tensor, indices: torch.Tensor,
+    def _finish(self, q: torch.Tensor, raw: torch.Tensor, indices: torch.Tensor,
                 exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """FAISS's ``(raw: Tensor[Q, k], indices)`` -> distances in PML units, sorted."""
+        recompute = torch.zeros(indices.shape, dtype=torch.bool)
         # Approximate indices pad with -1 when a query reaches fewer than k points;
         # those (rare) rows are answered exactly so every row holds k real neighbours.
         short = (indices < 0).any(dim=1).nonzero().flatten()
         if short.numel() > 0:
             indices[short] = self._brute_force(q[short], indices.shape[1],
                                                None if exclude is None else exclude[short])
-        # Re-computing distances with the difference form fixes FAISS's float32
-        # ||x||^2 + ||y||^2 - 2<x, y> cancellation (a duplicate shows up at ~1e-3,
-        # not 0) and puts them in the PML distance's units.
-        distances = self._pair_values(q, indices)
-        order = torch.sort(distances, dim=1, descending=self.distance.is_inverted, stable=True).indices
-        return distances.gather(1, order), indices.gather(1, order)
-
-    def _pair_values(self, q: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Distance (PML units) between ``q[i]`` and ``data[indices[i, j]]``: ``Tensor[Q, k]``."""
-        rows_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, indices.shape[1] * self.dim))
-        out = []
-        for start in range(0, q.shape[0], rows_per_chunk):
-            qc = q[start:start + rows_per_chunk].unsqueeze(1)
-            neighbours = self._data[indices[start:start + rows_per_chunk]]
-            if self.distance.is_inverted:
-                out.append((qc * neighbours).sum(-1))
-            else:
-                out.append((qc - neighbours).norm(dim=-1))
-        values = torch.cat(out) if out else q.new_zeros(indices.shape)
+            recompute[short] = True
+        if self._data.dtype != torch.float32:
+            recompute[:] = True  # FAISS works in float32: give float64 input float64 values
+        elif not self.distance.is_inverted:
+            # FAISS's L2 is |q|^2 + |x|^2 - 2<q, x> in float32: near 0 (duplicates) the
+            # cancellation leaves ~1e-7 * scale, i.e. distances of ~1e-3 instead of 0. Only
+            # there is the difference form re-computed; elsewhere FAISS's value is exact enough.
+            scale = (q ** 2).sum(1, keepdim=True) + self._data_sq[indices.clamp(min=0)]
+            recompute |= raw < 1e-3 * scale
+        values = raw.to(self._data.dtype)
+        if not self.distance.is_inverted:
+            values = values.clamp(min=0).sqrt()
+        rows, cols = recompute.nonzero(as_tuple=True)
+        if rows.numel() > 0:
+            values[rows, cols] = self._pair_values(q, rows, indices[rows, cols])
         if not self.distance.is_inverted and self.distance.power != 1:
             values = values ** self.distance.power
-        return values
+        order = torch.sort(values, dim=1, descending=self.distance.is_inverted, stable=True).indices
+        return values.gather(1, order), indices.gather(1, order)
+
+    def _pair_values(self, q: torch.Tensor, q_rows: torch.Tensor, data_rows: torch.Tensor) -> torch.Tensor:
+        """L2 distance (or inner product) of ``q[q_rows[i]]`` and ``data[data_rows[i]]``: ``Tensor[P]``.
+
+        Gathered in chunks, so P pairs never materialise a ``[P, d]`` copy at once.
+        """
+        pairs_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, self.dim))
+        out = []
+        for start in range(0, q_rows.shape[0], pairs_per_chunk):
+            a = q[q_rows[start:start + pairs_per_chunk]]
+            b = self._data[data_rows[start:start + pairs_per_chunk]]
+            out.append((a * b).sum(-1) if self.distance.is_inverted else (a - b).norm(dim=-1))
+        return torch.cat(out)
 
     def _brute_force(self, q: torch.Tensor, k: int, exclude: torch.Tensor | None) -> torch.Tensor:
         """Exact top-``k`` indices ``LongTensor[Q, k]`` by a full distance row per query."""
@@ -258,24 +270,23 @@ class EmbeddingIndex:
         q = self._data[rows]
 
         start = time.perf_counter()
-        _, approx_idx = self._faiss_search(q, k + 1)
+        approx = self._faiss_search(q, k + 1)
         approx_time = time.perf_counter() - start
-        approx_idx = _drop_self(approx_idx, rows)
 
         exact = EmbeddingIndex("exact", self.distance, self.num_threads, self.seed)
         exact._knn = FaissKNN(reset_before=False, reset_after=False,
                               index_init_fn=lambda d: faiss.IndexFlat(d, self._metric))
         with exact._threads():
             exact._knn.train(_as_faiss_input(self._data))
-        exact._data, exact.dim, exact.num_points = self._data, self.dim, self.num_points
+        exact._data, exact._data_sq = self._data, self._data_sq
+        exact.dim, exact.num_points = self.dim, self.num_points
         exact.resolved_method = "exact"
         start = time.perf_counter()
-        _, exact_idx = exact._faiss_search(q, k + 1)
+        exact_raw = exact._faiss_search(q, k + 1)
         exact_time = time.perf_counter() - start
-        exact_idx = _drop_self(exact_idx, rows)
 
-        exact_d, exact_idx = self._finish(q, exact_idx, rows)
-        approx_d, approx_idx = self._finish(q, approx_idx, rows)
+        exact_d, exact_idx = self._finish(q, *_drop_self(*exact_raw, rows), rows)
+        approx_d, approx_idx = self._finish(q, *_drop_self(*approx, rows), rows)
         ranks = self._true_ranks(q, rows, approx_d)
         result = ann_quality(exact_d, exact_idx, approx_d, approx_idx,
                              exact_time=exact_time, approx_time=approx_time,
@@ -294,7 +305,7 @@ class EmbeddingIndex:
         sign = -1.0 if self.distance.is_inverted else 1.0  # rank by "smaller is nearer"
         target = sign * values
         tol = 1e-5 * target.abs().clamp(min=1.0)
-        data_sq = (self._data ** 2).sum(1)
+        data_sq = self._data_sq
         rows_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // (4 * self.num_points))
         top = min(self.num_points, max(128, 4 * values.shape[1]))
         ranks = []
@@ -368,8 +379,9 @@ def _check_k(k, upper: int, where: str, num_points: int) -> int:
     return int(k)
 
 
-def _drop_self(indices: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``indices: LongTensor[Q, k+1]`` -> ``[Q, k]`` without each query's own index ``rows[i]``.
+def _drop_self(raw: torch.Tensor, indices: torch.Tensor,
+               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAISS's ``[Q, k+1]`` answer -> ``[Q, k]`` without each query's own index ``rows[i]``.
 
     PML's ``return_results`` rule, for queries that are any indexed rows (not only
     ``0..Q-1``): drop the own index where it was found; else the (k+1)-th hit, since
@@ -377,7 +389,7 @@ def _drop_self(indices: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """
     match = indices == rows.unsqueeze(1)
     match[~match.any(dim=1), -1] = True
-    return mask_reshape_knn_idx(indices, match)
+    return mask_reshape_knn_idx(raw, match), mask_reshape_knn_idx(indices, match)
 
 
 def _as_faiss_input(x: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,1 @@
+from .isometric_hard_miner import IsometricHardMiner

@@ -43,9 +43,9 @@ class IsometricHardMiner(BaseMiner):
     and its closest negative, exactly ``BatchHardMiner``'s triplets. Semi-hard:
     ``triplets_per_anchor`` triplets per anchor, each with a uniformly drawn positive ``p``
     and a uniformly drawn semi-hard negative ``n``, ``D(a,p) < D(a,n) < D(a,p) + margin``
-    (FaceNet's remedy for the collapsed model), found by rejection sampling with
-    ``semi_hard_draws`` draws; a pair whose draws hold no semi-hard negative gives no
-    triplet. Similarities (``CosineSimilarity``...) are handled with the inequalities reversed.
+    (FaceNet's remedy for the collapsed model), found by rejection sampling among
+    ``semi_hard_draws`` uniform draws per anchor (shared by its positives); a pair whose
+    draws hold no semi-hard negative gives no triplet. Similarities (``CosineSimilarity``...) are handled with the inequalities reversed.
 
     ``max_negatives`` is a plain attribute, re-read on every call, so a controller may set
     it between iterations. It caps each anchor's candidate negatives to a uniform draw of
@@ -119,6 +119,8 @@ class IsometricHardMiner(BaseMiner):
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
              ref_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``embeddings [B, d]``, ``labels [B]``, ``ref_emb [R, d]``, ``ref_labels [R]`` ->
+        ``(a, p, n)``, ``LongTensor[T]`` each (called by ``forward`` under ``no_grad``)."""
         mat = self.distance(embeddings, ref_emb)
         dm = oriented(mat, self.distance)
         pos = labels[:, None] == ref_labels[None, :]
@@ -127,8 +129,9 @@ class IsometricHardMiner(BaseMiner):
             # PML's convention: the batch is its own reference, so a sample is not its own positive.
             pos.fill_diagonal_(False)
         pos_val, pos_idx, neg_val, neg_idx = hardest_pairs(dm, pos, neg)
-        valid = pos.any(dim=1) & neg.any(dim=1)
-        steer = self._measure(mat, pos_val, neg_val, valid, neg, embeddings, ref_emb)
+        num_neg = neg.sum(dim=1)
+        valid = pos.any(dim=1) & (num_neg > 0)
+        steer = self._measure(mat, pos_val, neg_val, valid, neg, num_neg, embeddings, ref_emb)
         self.semi_hard_mode = float(steer)
 
         cap = self._pool_size(self.max_negatives)
@@ -136,12 +139,12 @@ class IsometricHardMiner(BaseMiner):
         if not bool(valid.any()):
             self.candidate_negatives = 0.0
             return empty, empty, empty
-        num_neg = neg[valid].sum(dim=1)
+        anchors = torch.nonzero(valid).squeeze(1)
+        num_neg = num_neg[anchors]
         self.candidate_negatives = float((num_neg if cap is None else num_neg.clamp(max=cap)).float().mean())
         pool = None
-        if cap is not None and cap < int(neg.sum(dim=1).max()):
+        if cap is not None and cap < int(num_neg.max()):
             pool = self._negative_pool(neg, cap)
-        anchors = torch.nonzero(valid).squeeze(1)
         if steer:
             return self._semi_hard(dm, pos, neg, anchors, pool)
         if pool is not None:
@@ -149,19 +152,20 @@ class IsometricHardMiner(BaseMiner):
             neg_idx = pool.gather(1, pool_d.argmin(dim=1, keepdim=True)).squeeze(1)
         return anchors, pos_idx[anchors], neg_idx[anchors]
 
-    def _measure(self, mat, pos_val, neg_val, valid, neg, embeddings, ref_emb) -> bool:
+    def _measure(self, mat, pos_val, neg_val, valid, neg, num_neg, embeddings, ref_emb) -> bool:
         """Set the statistics; return whether to steer away from hard mining."""
         if bool(valid.any()):
             v = violations(pos_val[valid], neg_val[valid], self.margin)
             self.d_iso_max, self.d_iso_mean = float(v.max()), float(v.mean())
         else:
             self.d_iso_max = self.d_iso_mean = 0.0
-        if not bool(neg.any()):
+        total_neg = int(num_neg.sum())
+        if total_neg == 0:
             # No negative pair: nothing to mine and no evidence of collapse.
             self.spread = self.relative_spread = self.collapse_detected = 0.0
             return False
         diss = dissimilarity(mat, embeddings, ref_emb, self.distance)
-        mean_neg = float(diss.masked_fill(~neg, 0).sum() / neg.sum())
+        mean_neg = float(diss.masked_fill(~neg, 0).sum()) / total_neg
         scale = float(embedding_scale(ref_emb, self.distance))
         self.spread = mean_neg / self.margin if self.margin > 0 else float("inf")
         self.relative_spread = mean_neg / scale if scale > 0 else 0.0
@@ -176,23 +180,24 @@ class IsometricHardMiner(BaseMiner):
         """``triplets_per_anchor`` (uniform positive, uniform semi-hard negative) per anchor.
 
         The negative is found by rejection sampling: ``semi_hard_draws`` uniform draws from
-        the anchor's candidate negatives, the first semi-hard one is kept. An accepted draw is
-        uniform over the semi-hard set, at O(B * draws) cost instead of sorting B rows.
+        the anchor's candidate negatives, the first that is semi-hard for the pair is kept;
+        an accepted draw is uniform over the pair's semi-hard set. The draws are shared by
+        the anchor's positives (one sampling call per anchor, not per pair), so two triplets
+        of one anchor may share a negative.
         """
         t, r = self.triplets_per_anchor, self.semi_hard_draws
         gen = self._generator(dm.device)
-        num_anchors = anchors.shape[0]
         rows = anchors[:, None]
         cand = neg[anchors]
         if pool is not None:
             cand = torch.zeros_like(cand).scatter_(1, pool[anchors], True) & cand
         p = torch.multinomial(pos[anchors].float(), t, replacement=True, generator=gen)  # [A, t]
-        n = torch.multinomial(cand.float(), t * r, replacement=True, generator=gen)  # [A, t*r]
+        draws = torch.multinomial(cand.float(), r, replacement=True, generator=gen)  # [A, r]
         d_ap = dm[rows, p].unsqueeze(2)  # [A, t, 1]
-        d_an = dm[rows, n].view(num_anchors, t, r)
-        semi_hard = (d_an > d_ap) & (d_an < d_ap + self.margin)
-        first = semi_hard.to(torch.uint8).argmax(dim=2, keepdim=True)  # argmax returns the first hit
-        n = n.view(num_anchors, t, r).gather(2, first).squeeze(2)
+        d_an = dm[rows, draws].unsqueeze(1)  # [A, 1, r]
+        semi_hard = (d_an > d_ap) & (d_an < d_ap + self.margin)  # [A, t, r]
+        first = semi_hard.to(torch.uint8).argmax(dim=2)  # argmax returns the first hit
+        n = draws.gather(1, first)
         ok = semi_hard.any(dim=2).reshape(-1)
         a = anchors[:, None].expand(-1, t).reshape(-1)
         return a[ok], p.reshape(-1)[ok], n.reshape(-1)[ok]

@@ -24,12 +24,12 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["EpochUpdater", "resolve_attribute"]
+__all__ = ["EpochUpdater", "resolve_attribute", "unwrap"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 
 
-def _unwrap(obj: Any) -> Any:
+def unwrap(obj: Any) -> Any:
     """The object inside PML's distributed wrappers and pml_ext's shard sampler."""
     from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 
@@ -40,7 +40,7 @@ def _unwrap(obj: Any) -> Any:
     if isinstance(obj, DistributedLossWrapper):
         return obj.loss
     if isinstance(obj, DistributedShardSampler) or getattr(obj, "wraps_sampler", False):
-        return _unwrap(obj.sampler)
+        return unwrap(obj.sampler)
     return obj
 
 
@@ -84,9 +84,9 @@ class EpochUpdater:
 
     def __init__(self, miners: dict[str, Any], sampler: Any, controllers: dict[str, tuple[Any, Any, str]],
                  embed_training_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]):
-        candidates = [(f"mining_funcs.{k}", _unwrap(v)) for k, v in miners.items()]
+        candidates = [(f"mining_funcs.{k}", unwrap(v)) for k, v in miners.items()]
         if sampler is not None:
-            candidates.append(("sampler", _unwrap(sampler)))
+            candidates.append(("sampler", unwrap(sampler)))
         driven = {id(getattr(obj, "miner", None)) for _, obj in candidates}
         seen: set[int] = set()
         self.updatables: list[tuple[str, Any]] = []

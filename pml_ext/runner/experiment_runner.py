@@ -27,7 +27,7 @@ import torch
 
 from .config_error import ConfigError
 from .config_reader import ConfigReader
-from .epoch_updater import EpochUpdater
+from .epoch_updater import EpochUpdater, unwrap
 from .experiment_config import ExperimentConfig
 from .experiment_report import ITERATION, ExperimentReport
 from .object_factory import ObjectFactory
@@ -254,6 +254,7 @@ class ExperimentRunner:
 
         config = self.read_config()
         general = self.general(config)
+        self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
         distributed = init_from_env(timeout_seconds=float(general["distributed_timeout_seconds"]))
         self.rank, self.world_size = rank_and_world_size()
         handler = self._start_logging()
@@ -404,6 +405,10 @@ class ExperimentRunner:
             tester = self.registry.build("tester", {tester_name: tester_kwargs}, config.source_of("tester"),
                                          "tester", data_device=device, data_and_label_getter=getter,
                                          end_of_testing_hook=hooks.end_of_testing_hook)
+            for query, refs in splits_to_eval:
+                # PML's HookContainer names record tables from this; test() sets it too, but a
+                # resumed run may query the records before testing anything.
+                tester.reference_split_names[query] = list(refs)
             primary = hooks.primary_metric
             if primary not in tester.accuracy_calculator.get_curr_metrics():
                 raise ConfigError(config.source_of("hook_container"), "hook_container.primary_metric",
@@ -453,8 +458,8 @@ class ExperimentRunner:
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
             if start_epoch > 1:
                 _seed_all(seed + 1000 * (start_epoch - 1))
-                if callable(getattr(sampler, "set_epoch", None)):
-                    sampler.set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
+                if callable(getattr(unwrap(sampler), "set_epoch", None)):
+                    unwrap(sampler).set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
                 updater.refresh()
         elif self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
@@ -531,7 +536,6 @@ class ExperimentRunner:
         is its skip rule for the ``(query, [references])`` form."""
         todo = []
         for query, refs in splits_to_eval:
-            tester.reference_split_names[query] = list(refs)  # names the record table, as test() would
             if len(hooks.get_accuracies_of_epoch(tester, query, epoch)) == 0:
                 todo.append((query, list(refs)))
         return todo

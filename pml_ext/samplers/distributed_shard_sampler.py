@@ -57,11 +57,14 @@ class DistributedShardSampler(Sampler[int]):
     def __len__(self) -> int:
         total = len(self.sampler)
         num_batches = -(-total // self.batch_size)
-        if self.drop_uneven:
-            num_batches -= num_batches % self.world_size
-            return (num_batches // self.world_size) * self.batch_size
-        mine = range(self.rank, num_batches, self.world_size)
         last_size = total - (num_batches - 1) * self.batch_size
+        if self.drop_uneven:
+            # A partial last batch can survive the cut (when the batch count is a multiple of
+            # world_size): count it at its real size, as __iter__ yields it.
+            kept = num_batches - num_batches % self.world_size
+            last_size = last_size if kept == num_batches else self.batch_size
+            num_batches = kept
+        mine = range(self.rank, num_batches, self.world_size)
         return sum(last_size if b == num_batches - 1 else self.batch_size for b in mine)
 
     def update(self, *args, **kwargs):
