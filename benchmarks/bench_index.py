@@ -12,12 +12,15 @@ embedding early in training: much harder for every approximate method.
 
 Every (N, method) runs in its own subprocess so that its peak RSS is its own.
 Quality (recall@k, ED, position error with true ranks, IE per query) comes from
-``EmbeddingIndex.quality(k, num_queries)``; "refresh IE" divides the exact refresh time
-by the method's refresh time measured in the same run.
+``EmbeddingIndex.quality(k, num_queries)``; "refresh IE" divides the exact refresh CPU
+time by the method's, measured in the same run. Times are single-thread by default (see
+``--threads``); "CPU/2" projects them onto 2 idle cores.
 
     python benchmarks/bench_index.py                      # N = 10k, 100k
-    python benchmarks/bench_index.py --million            # + N = 1M (approximate methods)
-    python benchmarks/bench_index.py --sweep              # parameter sweep at N = 100k
+    python benchmarks/bench_index.py --sizes --million    # N = 1M only (approximate methods)
+    python benchmarks/bench_index.py --threshold          # exact vs HNSW, 10k-80k ("auto")
+    python benchmarks/bench_index.py --sweep              # HNSW/IVF parameters at N = 100k
+    python benchmarks/bench_index.py --isotropic --sizes 100000
 """
 from __future__ import annotations
 
@@ -138,7 +141,7 @@ def main() -> None:
     parser.add_argument("--method", default="exact")
     parser.add_argument("--params", default="{}")
     parser.add_argument("--search-params", default="")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--million", action="store_true", help="add N=1M (approximate methods only)")
     parser.add_argument("--sweep", action="store_true", help="HNSW/IVF parameter sweep at N=100k")
     parser.add_argument("--threshold", action="store_true", help="exact vs HNSW at small N, for 'auto'")
@@ -161,12 +164,12 @@ def main() -> None:
     if args.sweep:
         n = 100_000
         rows += run_child(n, "exact", {}, args)
-        for m in (16, 32):
-            rows += run_child(n, "hnsw", {"M": m, "efConstruction": 40}, args,
-                              [{"efSearch": e} for e in (48, 64, 96, 128)])
+        for m, efc in ((8, 64), (12, 48), (16, 20), (16, 48), (16, 64), (24, 32)):
+            rows += run_child(n, "hnsw", {"M": m, "efConstruction": efc}, args,
+                              [{"efSearch": e} for e in (32, 40, 64)])
         rows += run_child(n, "ivf", {"nlist": 1024}, args, [{"nprobe": p} for p in (8, 16, 32)])
     elif args.threshold:
-        for n in (5_000, 10_000, 20_000, 40_000):
+        for n in (10_000, 20_000, 40_000, 60_000, 80_000):
             rows += run_child(n, "exact", {}, args)
             rows += run_child(n, "hnsw", {}, args)
     else:

@@ -117,15 +117,22 @@ def test_float64_input_gives_float64_distances():
     assert values.dtype == torch.float64
     mat, oracle_values, _ = oracle_knn(LpDistance(), x, x, 3, exclude_self=True)
     assert torch.allclose(values, oracle_values, atol=1e-6)
+    # Half precision is indexed as float32 (FAISS's type).
+    half_values, _ = EmbeddingIndex("exact").build(x.half()).knn_all(3)
+    assert half_values.dtype == torch.float32
+    assert torch.allclose(half_values.double(), oracle_values, atol=5e-3)
 
 
-@pytest.mark.parametrize("method, params", [("hnsw", {}), ("ivf", {}), ("ivf", {"nlist": 50, "nprobe": 4})])
-def test_approximate_methods_reach_recall_090_on_clustered_data(method, params):
+@pytest.mark.parametrize("method, params, distance", [
+    ("hnsw", {}, LpDistance()), ("ivf", {}, LpDistance()), ("ivf", {"nlist": 50, "nprobe": 4}, LpDistance()),
+    ("hnsw", {}, CosineSimilarity()), ("ivf", {}, DotProductSimilarity(normalize_embeddings=False)),
+])
+def test_approximate_methods_reach_recall_090_on_clustered_data(method, params, distance):
     x, labels = clustered()
-    index = EmbeddingIndex(method, **params).build(x, labels)
+    index = EmbeddingIndex(method, distance, **params).build(x, labels)
     assert index.resolved_method == method
     _, indices = index.knn_all(10)
-    _, _, exact = oracle_knn(LpDistance(), x, x, 10, exclude_self=True)
+    _, _, exact = oracle_knn(distance, x, x, 10, exclude_self=True)
     recall = (indices.unsqueeze(2) == exact.unsqueeze(1)).any(2).float().mean().item()
     assert recall >= 0.9
     assert not bool((indices == torch.arange(len(x)).unsqueeze(1)).any())

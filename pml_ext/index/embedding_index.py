@@ -33,9 +33,11 @@ __all__ = ["EmbeddingIndex"]
 METHODS = ("auto", "exact", "hnsw", "ivf")
 
 # "auto" switches from exact to HNSW at this many indexed points. Measured by
-# benchmarks/bench_index.py (d=64, k=32, 2 cores; see benchmarks/results/index.md): below
-# it a flat index's all-points refresh costs about as much as building the HNSW graph.
-AUTO_EXACT_MAX_POINTS = 20_000
+# benchmarks/bench_index.py --threshold (d=64, k=32; benchmarks/results/index.md): a flat
+# index's all-points refresh grows as N^2 and HNSW's as ~N log N; their CPU costs cross
+# between 60k (exact 14.0 s vs HNSW 14.8 s) and 80k (23.7 vs 21.1). At equal cost exact
+# wins (recall 1), so the switch is at the upper end.
+AUTO_EXACT_MAX_POINTS = 70_000
 
 # Defaults from the same measurements (N=100k, k=32): the cheapest HNSW setting found
 # with recall@32 >= 0.95 on the "trained" benchmark data (docs/index.md has the sweep).
@@ -105,7 +107,10 @@ class EmbeddingIndex:
         num_points, dim = embeddings.shape
         if labels is not None:
             check_labels(labels, num_points)
-        data = self.distance.maybe_normalize(embeddings.detach().cpu())
+        data = embeddings.detach().cpu()
+        if data.dtype not in (torch.float32, torch.float64):
+            data = data.float()  # half precision: FAISS and the distance checks need float32
+        data = self.distance.maybe_normalize(data)
         method = self.method
         if method == "auto":
             method = "exact" if num_points < AUTO_EXACT_MAX_POINTS else "hnsw"
