@@ -220,7 +220,11 @@ def test_smart_mining_method_runs_with_its_sampler_updates_and_controller(tmp_pa
     assert miner.triplets is not None  # mined over the whole training set after the warm-up epoch
     db = str(tmp_path / "smart" / SCHEME / "saved_csvs" / "logs.db")
     kappas = [v for (v,) in query(db, "SELECT kappa_kappa FROM controller_settings")]
-    assert len(kappas) == 2 and kappas[-1] == pytest.approx(miner.kappa) and kappas[0] != 1.0
+    assert len(kappas) == 2 and kappas[-1] == pytest.approx(miner.kappa) and kappas[-1] != 1.0
+    # Issue 13: the default floor keeps kappa >= 1 (the first step, downwards from 1, is clipped).
+    assert min(kappas) >= 1.0
+    clipped = query(db, "SELECT clipped_by_bounds, used_fallback FROM kappa_AdaptiveController")
+    assert [row[0] for row in clipped] == [1.0, 0.0]
     assert len(query(db, "SELECT total_loss FROM loss_histories")) == 6  # 63 triplets / 21 per batch, 2 epochs
 
 

@@ -10,83 +10,29 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..utils.distributed import mean_across_ranks
 from .control_rule import ControlRule
+from .known_settings import as_number as _as_number
+from .known_settings import check_bounds, declared_range, known_sign
+from .known_settings import resolve as _resolve
 from .least_squares_rule import LeastSquaresRule
 from .proportional_rule import ProportionalRule
+from .trainer_hooks import PMLTrainerHooks
 
 __all__ = ["AdaptiveController"]
 
 _RULES: dict[str, type[ControlRule]] = {"least_squares": LeastSquaresRule, "proportional": ProportionalRule}
 _DIRECTIONS = {"increasing": 1, "decreasing": -1}
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+# Added in version 2, with the values a version-1 state implies.
+_V2_DEFAULTS = {"proposal": float("nan"), "clipped_by_step": 0.0, "clipped_by_bounds": 0.0, "step_log": []}
+_STEP_LOG_KEYS = ("epoch", "setting", "error", "proposal", "new_setting", "used_fallback", "clipped_by_step",
+                  "clipped_by_bounds")
 
 
-def _triplet_margin_sign(miner: Any) -> int:
-    # "easy" mines triplets *beyond* the margin; "hard" ignores a positive margin.
-    kind = getattr(miner, "type_of_triplets", "all")
-    return {"easy": -1, "hard": 0}.get(kind, 1)
-
-
-def _pair_margin_sign(miner: Any, positive: bool) -> int:
-    # Distances mine positives above pos_margin and negatives below neg_margin;
-    # similarities flip both comparisons.
-    inverted = bool(getattr(getattr(miner, "distance", None), "is_inverted", False))
-    sign = -1 if positive else 1
-    return -sign if inverted else sign
-
-
-# (class name anywhere in the MRO, attribute) -> how a larger value moves the mined fraction.
-_KNOWN_SIGNS: dict[tuple[str, str], Callable[[Any], int]] = {
-    ("TripletMarginMiner", "margin"): _triplet_margin_sign,
-    ("MultiSimilarityMiner", "epsilon"): lambda m: 1,
-    ("PairMarginMiner", "pos_margin"): lambda m: _pair_margin_sign(m, True),
-    ("PairMarginMiner", "neg_margin"): lambda m: _pair_margin_sign(m, False),
-    # Eq. 6: a larger kappa excludes more of the closest negatives -> easier triplets.
-    ("SmartMiner", "kappa"): lambda m: -1,
-    # A larger candidate pool lets the miner find harder negatives.
-    ("IsometricHardMiner", "max_negatives"): lambda m: 1,
-}
-
-
-def _known_sign(owner: Any, name: str) -> int:
-    for cls in type(owner).__mro__:
-        rule = _KNOWN_SIGNS.get((cls.__name__, name))
-        if rule is not None:
-            return rule(owner)
-    return 0
-
-
-def _resolve(root: Any, path: str, arg: str) -> tuple[Any, str]:
-    """``(owner, last_name)`` for a dotted ``path`` under ``root``; ValueError naming ``arg``."""
-    parts = path.split(".")
-    owner = root
-    for i, part in enumerate(parts):
-        if not part or not hasattr(owner, part):
-            where = type(owner).__name__ + ("" if i == 0 else f" (at '{'.'.join(parts[:i])}')")
-            raise ValueError(f"{arg} '{path}' not found: {where} has no attribute '{part}'")
-        if i < len(parts) - 1:
-            owner = getattr(owner, part)
-    return owner, parts[-1]
-
-
-def _as_number(value: Any, arg: str) -> float:
-    if torch.is_tensor(value):
-        if value.numel() != 1:
-            raise ValueError(f"{arg} must be a single number, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if isinstance(value, bool):
-        raise TypeError(f"{arg} must be a number, got bool")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{arg} must be a number, got {type(value).__name__}") from None
-
-
-class AdaptiveController:
+class AdaptiveController(PMLTrainerHooks):
     """Set ``module.<attribute>`` once per epoch so that a measured error tracks ``target``.
 
     Per iteration call :meth:`observe` (it reads ``module.<measure>``); per epoch call
@@ -106,6 +52,9 @@ class AdaptiveController:
             :class:`~pml_ext.hooks.control_rule.ControlRule` instance.
         window: the number of most recent epochs the rule sees (>= 2).
         bounds: ``(lo, hi)`` with ``lo < hi``; every new setting is clamped into it.
+            ``None`` (default): the attribute's effective range, when its class declares
+            one in ``effective_ranges`` (``SmartMiner.kappa``: ``[1, inf)``, since every
+            kappa <= 1 mines the same triplets); explicit bounds replace it.
         start_epoch: the first epoch whose error is used. Earlier epochs (e.g. smart
             mining's random-triplet warm-up) are measured and logged only; the first
             change is made at the end of ``start_epoch``, for the epoch after it.
@@ -123,7 +72,11 @@ class AdaptiveController:
 
     Recorded by record-keeper (``_record_these``; plain floats): ``target``,
     ``setting``, ``last_error``, ``slope`` and ``intercept`` of the last fit (NaN when
-    the rule fitted nothing), ``used_fallback`` (1.0 when the last step was the fallback).
+    the rule fitted nothing); and, for this epoch's step (reset by every ``step``, 0.0 /
+    NaN when it changed nothing): ``proposal`` (the rule's value before any limit),
+    ``used_fallback`` (1.0: the rule's fallback or the direction probe),
+    ``clipped_by_step`` (1.0: ``max_step`` cut the proposal), ``clipped_by_bounds``
+    (1.0: ``limits`` cut it). :attr:`step_log` keeps them for every epoch.
     """
 
     def __init__(self, module: Any, attribute: str, target: float,
@@ -176,18 +129,9 @@ class AdaptiveController:
             raise ValueError(f"window must be >= 2 (a line needs two epochs), got {window}")
         self.window = window
 
-        if bounds is not None:
-            if len(bounds) != 2:
-                raise ValueError(f"bounds must be a pair (lo, hi), got {bounds!r}")
-            lo, hi = (_as_number(b, "bounds") for b in bounds)
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError(f"bounds must be finite, got {bounds!r}")
-            if lo >= hi:
-                raise ValueError(f"bounds must satisfy lo < hi, got lo={lo}, hi={hi}")
-            if hi <= 0:
-                raise ValueError(f"bounds must allow a positive setting, got hi={hi}")
-            bounds = (lo, hi)
-        self.bounds = bounds
+        self.bounds = check_bounds(bounds)
+        #: The range in force: ``bounds`` if given, else the attribute's declared effective range.
+        self.limits = self.bounds if self.bounds is not None else declared_range(self._owner, self._name)
 
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int):
             raise TypeError(f"start_epoch must be an int, got {type(start_epoch).__name__}")
@@ -197,7 +141,7 @@ class AdaptiveController:
 
         if direction is not None and direction not in _DIRECTIONS:
             raise ValueError(f"direction must be 'increasing', 'decreasing' or None, got {direction!r}")
-        self._given_sign = _DIRECTIONS[direction] if direction is not None else _known_sign(self._owner, self._name)
+        self._given_sign = _DIRECTIONS[direction] if direction is not None else known_sign(self._owner, self._name)
         self._inferred_sign = 0
 
         max_step = _as_number(max_step, "max_step")
@@ -209,13 +153,16 @@ class AdaptiveController:
         self.last_error = float("nan")
         self.slope = float("nan")
         self.intercept = float("nan")
-        self.used_fallback = 0.0
+        self.proposal = float("nan")
+        self.used_fallback = self.clipped_by_step = self.clipped_by_bounds = 0.0
         self.num_skipped = 0
         self._history: list[tuple[int, float, float]] = []
+        self._step_log: list[dict[str, float]] = []
         self._obs_sum = 0.0
         self._obs_count = 0
         self.add_to_recordable_attributes(
-            list_of_names=["target", "setting", "last_error", "slope", "intercept", "used_fallback"])
+            list_of_names=["target", "setting", "last_error", "slope", "intercept", "proposal", "used_fallback",
+                           "clipped_by_step", "clipped_by_bounds"])
 
     def add_to_recordable_attributes(self, name: str | None = None, list_of_names: Sequence[str] | None = None,
                                      is_stat: bool = False) -> None:
@@ -238,6 +185,13 @@ class AdaptiveController:
     def history(self) -> list[tuple[int, float, float]]:
         """Every fitted epoch as ``(epoch, setting used, mean error)``, oldest first."""
         return list(self._history)
+
+    @property
+    def step_log(self) -> list[dict[str, float]]:
+        """One dict per ``step`` (every epoch, fitted or not), oldest first: ``epoch``,
+        ``setting`` (used), ``error`` (NaN: nothing observed), ``proposal``, ``new_setting``,
+        ``used_fallback``, ``clipped_by_step``, ``clipped_by_bounds`` (floats, 1.0 = yes)."""
+        return [dict(entry) for entry in self._step_log]
 
     # ------------------------------------------------------------- the loop
     def observe(self, value: float | None = None) -> None:
@@ -277,24 +231,29 @@ class AdaptiveController:
         self._obs_sum, self._obs_count = 0.0, 0
         self.epoch += 1
         current = self.setting
-        if count <= 0:
-            return current
-        error = total / count
-        self.last_error = float(error)
-        if self.epoch < self.start_epoch:
-            return current
-        self._history.append((self.epoch, current, self.last_error))
-        recent = self._history[-self.window:]
-        settings = [s for _, s, _ in recent]
-        errors = [e for _, _, e in recent]
-        proposal, slope, intercept, fallback = self.rule.propose(settings, errors, self.target, self._sign())
-        self.slope, self.intercept = float(slope), float(intercept)
-        self.used_fallback = 1.0 if fallback else 0.0
-        if proposal is None or not math.isfinite(proposal):
-            # Direction unknown and nothing to fit yet: probe, so the next epoch shows it.
-            proposal = current * self.max_step
-            self.used_fallback = 1.0
-        self._write(self._limit(current, float(proposal)))
+        self.proposal = float("nan")
+        self.used_fallback = self.clipped_by_step = self.clipped_by_bounds = 0.0
+        error = float("nan")
+        if count > 0:
+            error = self.last_error = float(total / count)
+        if count > 0 and self.epoch >= self.start_epoch:
+            self._history.append((self.epoch, current, error))
+            recent = self._history[-self.window:]
+            settings = [s for _, s, _ in recent]
+            errors = [e for _, _, e in recent]
+            proposal, slope, intercept, fallback = self.rule.propose(settings, errors, self.target, self._sign())
+            self.slope, self.intercept = float(slope), float(intercept)
+            self.used_fallback = 1.0 if fallback else 0.0
+            if proposal is None or not math.isfinite(proposal):
+                # Direction unknown and nothing to fit yet: probe, so the next epoch shows it.
+                proposal = current * self.max_step
+                self.used_fallback = 1.0
+            self.proposal = float(proposal)
+            self._write(self._limit(current, self.proposal))
+        self._step_log.append({"epoch": float(self.epoch), "setting": current, "error": error,
+                               "proposal": self.proposal, "new_setting": self.setting,
+                               "used_fallback": self.used_fallback, "clipped_by_step": self.clipped_by_step,
+                               "clipped_by_bounds": self.clipped_by_bounds})
         return self.setting
 
     def _sign(self) -> int:
@@ -310,17 +269,25 @@ class AdaptiveController:
         return self._inferred_sign
 
     def _limit(self, current: float, proposal: float) -> float:
-        new = min(max(proposal, current / self.max_step), current * self.max_step)
-        if self.bounds is not None:
-            new = min(max(new, self.bounds[0]), self.bounds[1])
+        """The proposal within ``max_step`` of ``current`` and then within ``limits`` (limits
+        win); sets ``clipped_by_step`` / ``clipped_by_bounds``. Ints are rounded, moving by
+        at least one."""
+        stepped = min(max(proposal, current / self.max_step), current * self.max_step)
+        lo, hi = self.limits if self.limits is not None else (None, None)
+        new = stepped if lo is None else max(stepped, lo)
+        new = new if hi is None else min(new, hi)
+        limited = new != stepped
         if self._is_int:
             rounded = round(new)
             if rounded == round(current) and new != current:
                 # Rounding must not freeze a small integer (e.g. 1 * 1.3 -> 1).
                 rounded += 1 if new > current else -1
-            lo = 1 if self.bounds is None else max(1, math.ceil(self.bounds[0]))
-            hi = math.inf if self.bounds is None else math.floor(self.bounds[1])
-            new = float(min(max(rounded, lo), hi))
+            lo_int = 1 if lo is None else max(1, math.ceil(lo))
+            hi_int = math.inf if hi is None else math.floor(hi)
+            new = float(min(max(rounded, lo_int), hi_int))
+            limited = limited or new != float(rounded)
+        self.clipped_by_step = 1.0 if stepped != proposal else 0.0
+        self.clipped_by_bounds = 1.0 if limited else 0.0
         return new
 
     def _write(self, value: float) -> None:
@@ -341,6 +308,12 @@ class AdaptiveController:
             "slope": self.slope,
             "intercept": self.intercept,
             "used_fallback": self.used_fallback,
+            "proposal": self.proposal,
+            "clipped_by_step": self.clipped_by_step,
+            "clipped_by_bounds": self.clipped_by_bounds,
+            # NaN as None: a reloaded NaN is a new object, and NaN != NaN would make equal logs differ.
+            "step_log": [[None if math.isnan(entry[k]) else entry[k] for k in _STEP_LOG_KEYS]
+                         for entry in self._step_log],
             "inferred_sign": self._inferred_sign,
             "num_skipped": self.num_skipped,
             "obs_sum": self._obs_sum,
@@ -351,11 +324,13 @@ class AdaptiveController:
         """Restore :meth:`state_dict` output and write the saved setting back to the module."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        if state.get("version") == 1:  # saved before the step log: nothing was recorded
+            state = {**_V2_DEFAULTS, **state, "version": _STATE_VERSION}
         missing = sorted(set(self.state_dict()) - set(state))
         if missing:
             raise ValueError(f"state is missing keys {missing}")
         if state["version"] != _STATE_VERSION:
-            raise ValueError(f"state has version {state['version']}, expected {_STATE_VERSION}")
+            raise ValueError(f"state has version {state['version']}, expected {_STATE_VERSION} (or 1)")
         for key, mine in (("attribute", self.attribute), ("rule", self.rule.name)):
             if state[key] != mine:
                 raise ValueError(f"state was saved for {key} '{state[key]}', this controller has '{mine}'")
@@ -366,64 +341,16 @@ class AdaptiveController:
         self.slope = float(state["slope"])
         self.intercept = float(state["intercept"])
         self.used_fallback = float(state["used_fallback"])
+        self.proposal = float(state["proposal"])
+        self.clipped_by_step = float(state["clipped_by_step"])
+        self.clipped_by_bounds = float(state["clipped_by_bounds"])
+        self._step_log = [{k: math.nan if v is None else float(v) for k, v in zip(_STEP_LOG_KEYS, row)}
+                          for row in state["step_log"]]
         self._inferred_sign = int(state["inferred_sign"])
         self.num_skipped = int(state["num_skipped"])
         self._obs_sum = float(state["obs_sum"])
         self._obs_count = int(state["obs_count"])
         self._write(float(state["setting"]))
-
-    # --------------------------------------------------------- PML trainers
-    def attach(self, trainer: Any, name: str = "adaptive_controller") -> None:
-        """Put the controller in ``trainer.adaptive_controllers[name]``.
-
-        A ``HookContainer`` wrapped by :meth:`wrap_hook_container` saves and loads the
-        objects of that dict with the models (``<name>_<epoch>.pth``), so call this
-        before ``hooks.load_latest_saved_models(trainer, folder)`` when resuming.
-        """
-        controllers = getattr(trainer, "adaptive_controllers", None)
-        if not isinstance(controllers, dict):
-            controllers = {}
-            trainer.adaptive_controllers = controllers
-        controllers[name] = self
-
-    def wrap_hook_container(self, hooks: Any = None, end_of_epoch_hook: Callable | None = None,
-                            name: str = "adaptive_controller") -> tuple[Callable, Callable]:
-        """``(end_of_iteration_hook, end_of_epoch_hook)`` for a PML trainer.
-
-        The iteration hook calls :meth:`observe`, then ``hooks.end_of_iteration_hook``.
-        The epoch hook calls :meth:`step`, logs the controller with ``hooks.record_keeper``
-        (group ``<name>_AdaptiveController``, x = the epoch), then runs
-        ``end_of_epoch_hook`` (typically ``hooks.end_of_epoch_hook(tester, ...)``) and
-        returns its verdict (False stops training). The step comes first so the models
-        saved by that hook go with the setting of the next epoch.
-
-        Args:
-            hooks: a PML ``logging_presets.HookContainer`` or None. Its
-                ``saveable_trainer_objects`` gains ``"adaptive_controllers"``.
-            end_of_epoch_hook: the container's epoch hook, already built, or None.
-            name: key of the controller in ``trainer.adaptive_controllers`` and in logs.
-        """
-        if hooks is not None:
-            saveable = getattr(hooks, "saveable_trainer_objects", None)
-            if isinstance(saveable, list) and "adaptive_controllers" not in saveable:
-                saveable.append("adaptive_controllers")
-
-        def end_of_iteration_hook(trainer: Any) -> None:
-            self.observe()
-            if hooks is not None:
-                hooks.end_of_iteration_hook(trainer)
-
-        def end_of_epoch_hook_(trainer: Any) -> bool:
-            self.attach(trainer, name)
-            self.step()
-            record_keeper = getattr(hooks, "record_keeper", None)
-            if record_keeper is not None:
-                record_keeper.update_records({name: self}, trainer.epoch)
-            if end_of_epoch_hook is None:
-                return True
-            return end_of_epoch_hook(trainer)
-
-        return end_of_iteration_hook, end_of_epoch_hook_
 
     def __repr__(self) -> str:
         return (f"AdaptiveController({type(self.controlled).__name__}.{self.attribute}={self.setting:g}, "

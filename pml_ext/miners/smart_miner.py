@@ -2,6 +2,8 @@
 or on batches that ``SmartBatchSampler`` laid out from the global triplets."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
@@ -55,7 +57,15 @@ class SmartMiner(BaseMiner):
         ``num_mined``, ``num_random``, ``num_outside_positive``, ``num_dropped``: counts
         from the most recent Algorithm 1 run (this batch in-batch; the epoch's
         ``update`` in batch-layout mode), registered as PML stats.
+
+    ``effective_ranges`` (class attribute, read by ``AdaptiveController`` when it is given
+    no ``bounds``): ``kappa`` in ``[1, inf)``. Algorithm 1 skips every neighbour before
+    the first positive, so every ``kappa <= 1`` selects the same triplets as ``kappa = 1``
+    (up to neighbours tied exactly at ``d(a, p_nn)``); a controller must not walk below it.
     """
+
+    #: attribute -> ``(lo, hi)`` outside which the setting changes nothing (``None``: open).
+    effective_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {"kappa": (1.0, None)}
 
     def __init__(self, kappa: float = 1.0, margin: float = 0.2, k: int = 32, batch_layout: bool = False,
                  index_method: str = "auto", index_params: dict | None = None, seed: int = 0, **kwargs):
@@ -78,6 +88,7 @@ class SmartMiner(BaseMiner):
         self.num_updates = 0
         self.triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.triplet_is_random: torch.Tensor | None = None
+        self.triplet_is_mined: torch.Tensor | None = None
         self.labels: torch.Tensor | None = None
         self._counts = dict.fromkeys(("num_mined", "num_random", "num_outside_positive", "num_dropped"), 0.0)
         self._epoch_counts = dict(self._counts)
@@ -148,7 +159,9 @@ class SmartMiner(BaseMiner):
 
         Returns:
             ``(anchors, positives, negatives)``, ``LongTensor[T]`` dataset indices, also
-            kept in ``self.triplets`` (``self.triplet_is_random`` marks the random ones).
+            kept in ``self.triplets``. ``self.triplet_is_mined`` (``BoolTensor[T]``) marks the
+            triplets Algorithm 1 really mined, ``self.triplet_is_random`` its random
+            fallback triplets (its complement); ``SmartBatchSampler`` uses only the former.
         """
         if dataset_indices is not None:
             check_embeddings(embeddings)
@@ -173,7 +186,8 @@ class SmartMiner(BaseMiner):
         nbr = nbr.gather(1, order)
         labels = labels.detach().to(nbr.device).long()
         a, p, n, stats = smart_triplets(nbr, sq, labels, self.kappa, self._update_generator, return_stats=True)
-        self.triplets, self.triplet_is_random, self.labels = (a, p, n), stats["is_random"], labels
+        self.triplets, self.labels = (a, p, n), labels
+        self.triplet_is_mined, self.triplet_is_random = stats["is_mined"], stats["is_random"]
         self._epoch_counts = {key: float(stats[key]) for key in self._counts}
         self._set_counts(self._epoch_counts)
         emb = embeddings.detach().to(nbr.device)

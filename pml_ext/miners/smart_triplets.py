@@ -200,7 +200,8 @@ def _check_neighbor_lists(neighbor_indices, neighbor_distances, labels, ref_labe
 
 def smart_triplets(neighbor_indices: torch.Tensor, neighbor_distances: torch.Tensor, labels: torch.Tensor,
                    kappa: float, generator: torch.Generator | None = None, *,
-                   ref_labels: torch.Tensor | None = None, return_stats: bool = False):
+                   ref_labels: torch.Tensor | None = None, return_stats: bool = False,
+                   return_mined_mask: bool = False):
     """The epoch's triplets by smart mining's Algorithm 1 (METHODS.md section 2).
 
     Args:
@@ -218,16 +219,23 @@ def smart_triplets(neighbor_indices: torch.Tensor, neighbor_distances: torch.Ten
             set (the anchors are then not reference samples); default: the anchors'
             own set, ``M = N``.
         return_stats: also return a dict of counts (below).
+        return_mined_mask: also return ``is_mined``, ``BoolTensor[T]``: True for the
+            triplets Algorithm 1 really mined (a valid negative beyond the kappa bound,
+            paired with a listed or an outside-the-list positive), False for its random
+            fallback triplets (anchors whose ``neg`` list is empty).
 
     Returns:
         ``(anchors, positives, negatives)``, ``LongTensor[T]`` each, anchors ascending and,
-        per anchor, negatives in list order. With ``return_stats``, a fourth item::
+        per anchor, negatives in list order; then ``is_mined`` if ``return_mined_mask``;
+        then, if ``return_stats``, a dict::
 
-            {"num_mined": mined triplets (listed or outside-list positive),
+            {"num_mined": mined triplets (listed or outside-list positive) = is_mined.sum(),
              "num_outside_positive": those whose positive was drawn outside the list,
              "num_random": random triplets of anchors without a valid negative,
              "num_dropped": negatives/anchors that could get no triplet (see module doc),
-             "is_random": BoolTensor[T]}
+             "is_random": BoolTensor[T], "is_mined": BoolTensor[T] (= ~is_random)}
+
+        The default three-tuple and ``return_stats`` four-tuple are unchanged.
 
     Every mined triplet has ``d(a,n) > kappa * d(a,p_nn)`` and ``d(a,n) <= d(a,p)``
     (strict when the distances are distinct; for a positive drawn outside the list this
@@ -304,10 +312,11 @@ def smart_triplets(neighbor_indices: torch.Tensor, neighbor_distances: torch.Ten
     total = rows.numel() + ra.numel()
     triplets = tuple(torch.empty(total, dtype=torch.long, device=device).index_put_((slot_mined,), mined)
                      .index_put_((slot_random,), rand) for mined, rand in ((rows, ra), (positives, rp), (negatives, rn)))
+    is_mined = torch.zeros(total, dtype=torch.bool, device=device)
+    is_mined[slot_mined] = True
+    extra = (is_mined,) if return_mined_mask else ()
     if not return_stats:
-        return triplets
-    is_random = torch.zeros(total, dtype=torch.bool, device=device)
-    is_random[slot_random] = True
+        return (*triplets, *extra)
     stats = {"num_mined": num_mined, "num_outside_positive": num_outside, "num_random": int(ra.numel()),
-             "num_dropped": num_dropped, "is_random": is_random}
-    return (*triplets, stats)
+             "num_dropped": num_dropped, "is_random": ~is_mined, "is_mined": is_mined}
+    return (*triplets, *extra, stats)

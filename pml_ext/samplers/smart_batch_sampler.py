@@ -1,14 +1,14 @@
 """Batches of whole triplets from smart mining's epoch-level selection (Harwood et al. 2017, section 6)."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
 from torch.utils.data import Sampler
 
 from ..miners.smart_miner import SmartMiner
-from ..miners.smart_triplets import random_triplets
+from ..miners.smart_triplets import _group_by_class, random_triplets
 from ..utils.checks import check_labels
 from ..utils.distributed import gather_training_set
 from .distributed_shard_sampler import DistributedShardSampler
@@ -18,15 +18,25 @@ __all__ = ["SmartBatchSampler"]
 # Per-epoch generators are seeded with seed * _EPOCH_STRIDE + epoch, so an epoch's batches
 # depend only on (seed, epoch, triplets) and every rank can rebuild the same epoch.
 _EPOCH_STRIDE = 1_000_003
+# Rounds of redrawing clashing random (anchor, negative) pairs; at most half of all pairs
+# are taken when redrawing (else they are enumerated), so each round keeps under half.
+_MAX_REDRAWS = 64
+_RECORDS = ("mined_fraction", "epoch", "num_mined_in_epoch", "num_random_in_epoch", "num_shortfall_in_epoch",
+            "mined_share_in_epoch", "random_share_in_epoch")
 
 
 class SmartBatchSampler(Sampler[int]):
     """A flat index stream whose consecutive ``batch_size`` chunks are batches of triplets.
 
-    Each batch is ``[a0, p0, n0, a1, p1, n1, ...]`` (dataset indices): ``batch_size // 3``
-    triplets, of which ``round(mined_fraction * batch_size / 3)`` come from the miner's
-    latest ``update`` (Algorithm 1's output, including the random triplets it emits for
-    anchors without a valid negative) and the rest are uniformly random triplets. During
+    Each batch is ``[a0, p0, n0, a1, p1, n1, ...]`` (dataset indices) of ``batch_size // 3``
+    triplets. An epoch asks for ``round(mined_fraction * batch_size / 3)`` mined triplets per
+    batch and takes them only from the triplets Algorithm 1 **really mined** in the miner's
+    latest ``update`` (a valid negative beyond the kappa bound, with its positive:
+    ``miner.triplet_is_mined``), never from Algorithm 1's own random fallback triplets, each
+    at most once per epoch. When the miner mined fewer than asked, the shortfall is filled
+    with random triplets (the paper's mix), spread evenly over the batches; nothing is
+    repeated. Every other triplet is uniformly random. No (anchor, negative) pair occurs
+    twice in an epoch (so each negative is used at most once per anchor and epoch). During
     the first ``warmup_epochs`` epochs every triplet is random (the paper's first two
     epochs). Pair it with ``SmartMiner(batch_layout=True)`` as the loss's miner so the
     selected triplets are exactly the ones that reach the loss.
@@ -54,8 +64,17 @@ class SmartBatchSampler(Sampler[int]):
             single-process epoch (default from ``torch.distributed``); ``drop_uneven``
             as in ``DistributedShardSampler``.
 
-    Recordable (``_record_these``): ``mined_fraction``, ``epoch``, ``num_mined_in_epoch``.
+    Recordable (``_record_these``, plain floats, set by each epoch's ``iter()`` for the
+    single-process epoch, i.e. all ranks together): ``mined_fraction`` (asked), ``epoch``,
+    ``num_mined_in_epoch`` (really mined triplets), ``num_random_in_epoch`` (random ones,
+    warm-up and shortfall included), ``num_shortfall_in_epoch`` (asked for mined but filled
+    with random), ``mined_share_in_epoch`` and ``random_share_in_epoch`` (those two counts
+    over the epoch's triplets; they sum to 1). ``epoch_mined_mask``
+    (``BoolTensor[num_batches, batch_size // 3]``) marks the epoch's mined triplets.
     """
+
+    #: Read by ``AdaptiveController`` when it steers ``mined_fraction`` without ``bounds``.
+    effective_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {"mined_fraction": (0.0, 1.0)}
 
     def __init__(self, miner: SmartMiner, batch_size: int, mined_fraction: float = 1.0, warmup_epochs: int = 2,
                  seed: int = 0, labels: torch.Tensor | None = None, triplets_per_epoch: int | None = None,
@@ -83,8 +102,10 @@ class SmartBatchSampler(Sampler[int]):
         self.rank, self.world_size, self.drop_uneven = shard.rank, shard.world_size, drop_uneven
         self.epoch = 0
         self._next_epoch = 1
-        self.num_mined_in_epoch = 0.0
-        c_f.add_to_recordable_attributes(self, list_of_names=["mined_fraction", "epoch", "num_mined_in_epoch"])
+        self.num_mined_in_epoch = self.num_random_in_epoch = self.num_shortfall_in_epoch = 0.0
+        self.mined_share_in_epoch = self.random_share_in_epoch = 0.0
+        self.epoch_mined_mask: torch.Tensor | None = None
+        c_f.add_to_recordable_attributes(self, list_of_names=list(_RECORDS))
 
     @property
     def mined_fraction(self) -> float:
@@ -134,44 +155,106 @@ class SmartBatchSampler(Sampler[int]):
         return max(1, -(-self._dataset_labels().shape[0] // self.batch_size))
 
     def epoch_batches(self, epoch: int) -> torch.Tensor:
-        """The single-process epoch ``epoch`` as ``LongTensor[num_batches, batch_size]``."""
+        """The single-process epoch ``epoch`` as ``LongTensor[num_batches, batch_size]``.
+
+        Also sets the epoch's records (class doc) and ``epoch_mined_mask``.
+        """
         warmup = epoch <= self.warmup_epochs
         if not warmup and self.miner.triplets is None:
             raise RuntimeError(f"SmartBatchSampler: epoch {epoch} is past the {self.warmup_epochs} warm-up epoch(s) "
                                "but the miner has no triplets: call sampler.update(embeddings, labels) first")
         gen = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + epoch)
         num_batches, per_batch = self._num_batches(), self.batch_size // 3
-        mined_per_batch = 0 if warmup else int(round(self.mined_fraction * per_batch))
-        mined = self._mined_triplets(num_batches * mined_per_batch, gen)
-        mined_per_batch = mined.shape[0] // num_batches
-        num_random = num_batches * (per_batch - mined_per_batch)
-        rand = self._random_triplets(num_random, gen)
-        self.num_mined_in_epoch = float(mined.shape[0])
-        batches = torch.cat([mined.view(num_batches, mined_per_batch, 3),
-                             rand.view(num_batches, per_batch - mined_per_batch, 3)], dim=1)
+        wanted = 0 if warmup else num_batches * int(round(self.mined_fraction * per_batch))
+        mined = self._mined_triplets(wanted, gen)
+        rand = self._random_triplets(num_batches * per_batch - mined.shape[0], gen, mined)
+        # Spread the mined triplets evenly: batch b takes floor((b+1)M/B) - floor(bM/B), at its head.
+        edges = torch.div(torch.arange(num_batches + 1) * mined.shape[0], num_batches, rounding_mode="floor")
+        is_mined = torch.arange(per_batch).unsqueeze(0) < torch.diff(edges).unsqueeze(1)  # [B, T]
+        batches = torch.empty(num_batches, per_batch, 3, dtype=torch.long)
+        batches[is_mined], batches[~is_mined] = mined, rand
+        self.epoch_mined_mask = is_mined
+        total = float(num_batches * per_batch)
+        self.num_mined_in_epoch, self.num_random_in_epoch = float(mined.shape[0]), float(rand.shape[0])
+        self.num_shortfall_in_epoch = float(wanted - mined.shape[0])
+        self.mined_share_in_epoch = self.num_mined_in_epoch / total
+        self.random_share_in_epoch = self.num_random_in_epoch / total
         return batches.reshape(num_batches, self.batch_size)
 
     def _mined_triplets(self, count: int, gen: torch.Generator) -> torch.Tensor:
-        """``count`` of the miner's triplets ``LongTensor[count, 3]``: shuffled passes, no repeat within a pass."""
-        if count == 0 or self.miner.triplets is None or self.miner.triplets[0].numel() == 0:
-            return torch.zeros(0, 3, dtype=torch.long)
-        pool = torch.stack([t.cpu() for t in self.miner.triplets], dim=1)
-        passes = -(-count // pool.shape[0])
-        order = torch.cat([torch.randperm(pool.shape[0], generator=gen) for _ in range(passes)])[:count]
-        return pool[order]
+        """Up to ``count`` of the triplets Algorithm 1 really mined, ``LongTensor[M, 3]``, ``M <= count``.
 
-    def _random_triplets(self, count: int, gen: torch.Generator) -> torch.Tensor:
-        """``count`` uniformly random triplets ``LongTensor[count, 3]`` over the dataset labels."""
+        Drawn without replacement from the miner's ``triplet_is_mined`` triplets (its random
+        fallback triplets are left out), so no triplet, and no (anchor, negative) pair, repeats.
+        """
+        triplets = self.miner.triplets
+        if count == 0 or triplets is None or triplets[0].numel() == 0:
+            return torch.zeros(0, 3, dtype=torch.long)
+        pool = torch.stack([t.cpu() for t in triplets], dim=1)
+        is_mined = self.miner.triplet_is_mined
+        if is_mined is not None:
+            pool = pool[is_mined.cpu()]
+        return pool[torch.randperm(pool.shape[0], generator=gen)[:count]]
+
+    def _random_triplets(self, count: int, gen: torch.Generator, taken: torch.Tensor) -> torch.Tensor:
+        """``count`` uniformly random triplets ``LongTensor[count, 3]`` over the dataset labels.
+
+        No two of them, and none of them and a triplet of ``taken`` (``LongTensor[M, 3]``, the
+        epoch's mined triplets), share an (anchor, negative) pair: uniform draws, redrawing
+        the clashes (a few vectorised rounds), or, when the epoch needs more than half of all
+        distinct pairs, a draw without replacement from the enumerated free pairs.
+        """
         if count == 0:
             return torch.zeros(0, 3, dtype=torch.long)
         labels = self._dataset_labels()
-        _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        num = labels.shape[0]
+        classes = _group_by_class(labels)
+        size = classes.count[classes.of]                                      # [N] class size per sample
         # Only anchors with another member in their class and another class can form a triplet.
-        eligible = ((counts[inverse] >= 2) & (counts[inverse] < labels.shape[0])).nonzero().flatten()
+        eligible = ((size >= 2) & (size < num)).nonzero().flatten()
         if eligible.numel() == 0:
             raise ValueError("labels: no sample has both a positive and a negative, so no triplet exists")
-        anchors = eligible[torch.randint(eligible.numel(), (count,), generator=gen)]
-        return torch.stack(random_triplets(anchors, labels, gen), dim=1)
+        num_neg = num - size[eligible]                                        # [E] negatives per anchor
+        capacity, taken_keys = int(num_neg.sum()), taken[:, 0] * num + taken[:, 2]
+        need = count + taken_keys.numel()
+        if need > capacity:
+            raise ValueError(f"triplets_per_epoch/batch_size: an epoch of {need} triplets needs more distinct "
+                             f"(anchor, negative) pairs than the {num} labels hold ({capacity})")
+        if 2 * need > capacity:
+            a, n = self._free_pairs(eligible, num_neg, classes, taken_keys)
+            pick = torch.randperm(a.numel(), generator=gen)[:count]
+            a, p, _ = random_triplets(a[pick], labels, gen)
+            return torch.stack([a, p, n[pick]], dim=1)
+        out = torch.empty(count, 3, dtype=torch.long)
+        todo = torch.arange(count)
+        for _ in range(_MAX_REDRAWS):
+            anchors = eligible[torch.randint(eligible.numel(), (todo.numel(),), generator=gen)]
+            out[todo] = torch.stack(random_triplets(anchors, labels, gen), dim=1)
+            keys = out[:, 0] * num + out[:, 2]
+            fixed = torch.ones(count, dtype=torch.bool)
+            fixed[todo] = False
+            new = keys[todo]
+            # A redrawn pair clashes with a mined or accepted pair, or with an earlier redrawn one.
+            clash = torch.isin(new, torch.cat([taken_keys, keys[fixed]]))
+            sorted_new, order = torch.sort(new, stable=True)
+            repeat = torch.zeros_like(clash)
+            repeat[order[1:]] = sorted_new[1:] == sorted_new[:-1]
+            todo = todo[clash | repeat]
+            if todo.numel() == 0:
+                return out
+        raise RuntimeError("SmartBatchSampler: could not draw distinct random (anchor, negative) pairs")
+
+    @staticmethod
+    def _free_pairs(eligible: torch.Tensor, num_neg: torch.Tensor, classes, taken_keys: torch.Tensor):
+        """Every (anchor, negative) pair of the eligible anchors not in ``taken_keys``: ``LongTensor[F]`` x 2."""
+        num = classes.order.shape[0]
+        anchors = eligible.repeat_interleave(num_neg)
+        slot = torch.arange(anchors.numel()) - (torch.cumsum(num_neg, 0) - num_neg).repeat_interleave(num_neg)
+        cls = classes.of[anchors]
+        # The non-members of a class are the two runs of `order` around the class's own run.
+        negatives = classes.order[slot + classes.count[cls] * (slot >= classes.start[cls]).long()]
+        free = ~torch.isin(anchors * num + negatives, taken_keys)
+        return anchors[free], negatives[free]
 
     def __iter__(self) -> Iterator[int]:
         epoch = self._next_epoch
