@@ -3,8 +3,8 @@ pytorch-metric-learning. Every public class is importable from here."""
 
 __version__ = "0.1.0"
 
-from .datasets import Digits, digits_split
-from .models import MLP
+from .datasets import Digits, digits_split, Glyphs, glyphs_split
+from .models import MLP, GlyphCNN
 from .samplers.distributed_shard_sampler import DistributedShardSampler
 from .losses.lifted_structure_loss import LiftedStructureLoss
 from .index.embedding_index import EmbeddingIndex

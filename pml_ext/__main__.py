@@ -3,7 +3,8 @@
     pml-ext run --experiment_name NAME [--root_config_folder DIR] [--root_experiment_folder DIR]
                 [--config_<category> name ...] [--resume_training latest] [--dataset_root DIR]
                 [--register_module MODULE ...] [--key <yaml> ...]
-    pml-ext run [--methods NAME ...] [--key <yaml> ...]      # the main job (no experiment name)
+    pml-ext run [--dataset glyphs|digits] [--methods NAME ...] [--key <yaml> ...]
+                                                             # the main job (no experiment name)
 
 ``--key <yaml>`` overrides a config key; the value is YAML and may span several shell
 words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N,
@@ -21,6 +22,9 @@ import yaml
 
 USAGE = __doc__.replace("``", "")
 OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training"}
+# ``--dataset glyphs|digits|none`` picks the main job's data set; any other value of
+# ``--dataset`` is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
+MAIN_JOB_DATASET_NAMES = ("glyphs", "digits", "none")
 LIST_OPTIONS = {"register_module", "methods"}
 _KEY = re.compile(r"^--[A-Za-z]")
 
@@ -47,6 +51,8 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
     for key, words in groups:
         if key in ("help", "h"):
             options["help"] = True
+        elif key == "dataset" and len(words) == 1 and words[0] in MAIN_JOB_DATASET_NAMES:
+            options["dataset"] = words[0]
         elif key in OPTIONS:
             if len(words) != 1:
                 raise ConfigError("command line", f"--{key}", f"takes one value, got {len(words)}")
@@ -92,6 +98,8 @@ def run(argv: Sequence[str]) -> int:
     for module in options.get("register_module", []):
         importlib.import_module(module)  # the module calls pml_ext.register(...) on import
     root = options.get("root_experiment_folder", "experiments")
+    if "dataset" in options and "experiment_name" in options:
+        raise ValueError("--dataset chooses the main job's data set; with --experiment_name use --config_dataset")
     if "experiment_name" in options:
         summary = ExperimentRunner(
             options["experiment_name"], root_experiment_folder=root,
@@ -104,9 +112,12 @@ def run(argv: Sequence[str]) -> int:
     if config_names or "resume_training" in options:
         raise ValueError("--config_* and --resume_training need --experiment_name; without it, "
                          "`pml-ext run` is the main job")
-    result = ComparisonRunner(root_experiment_folder=root, methods=options.get("methods"), overrides=overrides,
-                              root_config_folder=options.get("root_config_folder")).run()
-    print("\nMain job: digits, train classes 0-4, test classes 5-9 (final epoch, test split)")
+    dataset = options.get("dataset", "glyphs" if "root_config_folder" not in options else "none")
+    runner = ComparisonRunner(root_experiment_folder=root, methods=options.get("methods"), overrides=overrides,
+                              root_config_folder=options.get("root_config_folder"),
+                              dataset=None if dataset == "none" else dataset)
+    result = runner.run()
+    print(f"\nMain job: {runner.title} (final epoch, test split)")
     print(result["table"])
     for skipped in result["skipped"]:
         print(f"skipped: {skipped}")

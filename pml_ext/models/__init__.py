@@ -1,1 +1,2 @@
 from .mlp import MLP
+from .glyph_cnn import GlyphCNN

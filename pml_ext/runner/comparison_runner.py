@@ -1,4 +1,4 @@
-"""The main job: ``pml-ext run`` with no experiment name compares methods on digits.
+"""The main job: ``pml-ext run`` with no experiment name compares methods on glyphs (or digits).
 
 Each method is one YAML file in ``pml_ext/configs/comparison/`` (a new method is one new
 file)::
@@ -9,9 +9,10 @@ file)::
     config:                   # merged onto the bundled defaults like --key <yaml> overrides
       loss_funcs~OVERRIDE~: {metric_loss: {TripletMarginLoss: {margin: 0.2}}}
 
-Every method runs with the same bundled defaults (digits, train classes 0-4, test 5-9,
-the same MLP, optimizer, sampler, epochs and seed), so the table compares only what the
-method files change.
+Every method runs with the same bundled configs (the data set of :data:`MAIN_JOB_DATASETS`,
+the same trunk, optimizer, sampler, epochs and seed), so the table compares only what the
+method files change. Two reference rows need no training: the untrained network (epoch 0,
+the same seeded initialisation for every method) and the raw pixels, L2-normalised.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ __all__ = ["ComparisonRunner"]
 LOGGER = logging.getLogger("pml_ext.runner")
 MARKER = ".pml_ext_main_job"
 TABLE_COLUMNS = ("P@1", "MAP@R", "NMI")
+# The bundled config files each main-job data set selects, and how the table names it.
+MAIN_JOB_DATASETS = {
+    "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"]},
+               "glyphs, class-disjoint: train on one half of the characters, test on the other"),
+    "digits": ({}, "digits, train classes 0-4, test classes 5-9"),
+}
 
 
 class ComparisonRunner:
@@ -45,11 +52,22 @@ class ComparisonRunner:
             (e.g. ``{"num_epochs_train": 1}``); a mapping or a list of ``(key, value)``.
         root_config_folder: the config folder the methods modify (default: bundled).
         registry: class-name resolution (default: the global one).
+        dataset: a key of :data:`MAIN_JOB_DATASETS` (``"glyphs"``, the default, or ``"digits"``
+            for a quick run); with a ``root_config_folder`` of your own, ``None`` uses its defaults.
     """
 
     def __init__(self, root_experiment_folder: str = "experiments", methods_folder: str | None = None,
                  methods: Iterable[str] | None = None, overrides: Mapping | Iterable | None = None,
-                 root_config_folder: str | None = None, registry: Registry | None = None):
+                 root_config_folder: str | None = None, registry: Registry | None = None,
+                 dataset: str | None = "glyphs"):
+        if dataset is not None and dataset not in MAIN_JOB_DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(MAIN_JOB_DATASETS)}, got {dataset!r}")
+        if dataset is not None and root_config_folder is not None and MAIN_JOB_DATASETS[dataset][0]:
+            raise ValueError("dataset: the main job's data sets select bundled config files; with your own "
+                             "root_config_folder, pass dataset=None (the command line: --dataset none)")
+        self.dataset = dataset
+        self.config_names = MAIN_JOB_DATASETS[dataset][0] if dataset else {}
+        self.title = MAIN_JOB_DATASETS[dataset][1] if dataset else "your config folder's data set"
         self.folder = os.path.abspath(os.path.join(root_experiment_folder, "main_job"))
         self.methods_folder = methods_folder or os.path.join(BUNDLED_CONFIG_FOLDER, "comparison")
         self.only = list(methods) if methods else None
@@ -99,7 +117,7 @@ class ComparisonRunner:
         """Run the methods; returns ``{"rows", "table", "plot", "skipped", "folder"}``."""
         import tqdm
 
-        rows, curves, skipped, untrained = [], {}, [], None
+        rows, curves, skipped, untrained, raw = [], {}, [], None, None
         methods = self.methods()
         for method in tqdm.tqdm(methods, desc="main job: methods"):
             if method["missing"]:
@@ -110,7 +128,7 @@ class ComparisonRunner:
             LOGGER.info("Main job: %s", method["name"])
             start = time.time()
             runner = ExperimentRunner(method["key"], root_experiment_folder=self.folder,
-                                      root_config_folder=self.root_config_folder,
+                                      root_config_folder=self.root_config_folder, config_names=self.config_names,
                                       overrides=list(method["config"].items()) + self.overrides,
                                       registry=self.registry)
             summary = runner.run()
@@ -120,6 +138,7 @@ class ComparisonRunner:
             if untrained is None:
                 # Every method starts from the same seeded initialisation: its epoch 0 is the reference.
                 untrained = next((r for r in scheme_rows if r["epoch"] == 0), None)
+                raw = self.raw_pixels(runner)
             rows.append({"method": method["name"], **{c: final.get(c) for c in TABLE_COLUMNS},
                          "epochs": max((s["last_epoch"] for s in summary["schemes"].values()), default=0),
                          "wall time (s)": round(elapsed, 1)})
@@ -128,13 +147,35 @@ class ComparisonRunner:
         if untrained is not None:
             rows.insert(0, {"method": "untrained network (epoch 0, the same for every method)",
                             **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None})
+        if raw is not None:
+            rows.insert(0, {"method": "raw pixels, L2-normalised (no network)", **raw, "epochs": 0,
+                            "wall time (s)": None})
         table = self.table(rows)
-        plot = self.plot(curves) if curves else None
+        plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves else None
         if rows:
             import pandas as pd
 
             pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
         return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder}
+
+    @staticmethod
+    def raw_pixels(runner: ExperimentRunner) -> dict | None:
+        """The test split's metrics with the data itself (flattened, L2-normalised) as the embedding,
+        scored by the run's own accuracy calculator; ``None`` when the run kept no test split."""
+        import torch
+
+        from ..utils.inference import compute_embeddings
+        from .experiment_report import _SHORT_NAMES
+
+        objects = next(iter(runner.objects.values()), None)
+        if not objects or objects.get("tester") is None or "test" not in objects["eval_sets"]:
+            return None
+        embeddings, labels = compute_embeddings(torch.nn.Flatten(), objects["eval_sets"]["test"], batch_size=1024)
+        embeddings = torch.nn.functional.normalize(embeddings.float(), dim=1)
+        accuracies = objects["tester"].accuracy_calculator.get_accuracy(embeddings, labels, embeddings, labels,
+                                                                        ref_includes_query=True)
+        named = {_SHORT_NAMES.get(k, k): v for k, v in accuracies.items()}
+        return {c: named.get(c) for c in TABLE_COLUMNS}
 
     @staticmethod
     def table(rows: list[dict]) -> str:
@@ -149,18 +190,21 @@ class ComparisonRunner:
         return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-",
                                             formatters={"wall time (s)": seconds})
 
-    def plot(self, curves: dict) -> str:
+    def plot(self, curves: dict, raw_map_at_r: float | None = None) -> str:
         """``comparison.png``: test MAP@R per epoch, one line per method (epoch 0 = untrained)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8, 5))
         for name, (epochs, values) in curves.items():
             ax.plot(epochs, values, marker="o", label=name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test MAP@R (digits 5-9)")
+        if raw_map_at_r is not None:
+            ax.axhline(raw_map_at_r, color="gray", linestyle="--", label="raw pixels, L2-normalised")
+        ax.set_title(f"Main job: {self.title}", fontsize=9)
+        ax.set_xlabel("epoch (0 = untrained network)")
+        ax.set_ylabel("test MAP@R (classes unseen in training)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -1,7 +1,8 @@
 """The data sets a config can name under ``dataset:``.
 
-``Digits`` (scikit-learn's, embedded, the default) and ``NpzFeatures`` are feature data
-sets: config transforms do not apply to them. ``CUB200``, ``Cars196`` and
+``Digits`` (scikit-learn's, embedded, the default), ``Glyphs`` (the embedded glyph
+benchmark, rendered from matplotlib's fonts) and ``NpzFeatures`` are in-memory data sets:
+config transforms do not apply to them. ``CUB200``, ``Cars196`` and
 ``StanfordOnlineProducts`` are image data sets read from a local folder with PML's own
 dataset classes; pml_ext never downloads them, and they need torchvision for transforms.
 """
@@ -10,9 +11,10 @@ from __future__ import annotations
 import os
 
 from ..datasets.digits import Digits
+from ..datasets.glyphs import Glyphs
 from .npz_features import NpzFeatures
 
-__all__ = ["Digits", "NpzFeatures", "CUB200", "Cars196", "StanfordOnlineProducts"]
+__all__ = ["Digits", "Glyphs", "NpzFeatures", "CUB200", "Cars196", "StanfordOnlineProducts"]
 
 
 def _local_image_dataset(pml_name: str, default_folder: str, expected: str, dataset_root: str | None,

@@ -445,7 +445,7 @@ class ExperimentRunner:
             end_of_epoch_hook=end_of_epoch)
         self.objects[scheme_name] = {"models": models, "loss_funcs": loss_funcs, "mining_funcs": mining_funcs,
                                      "sampler": sampler, "controllers": controllers, "trainer": trainer,
-                                     "tester": tester, "hooks": hooks}
+                                     "tester": tester, "hooks": hooks, "eval_sets": eval_sets}
         if controllers:
             trainer.controllers = updater.saveable_controllers
             hooks.saveable_trainer_objects.append("controllers")
