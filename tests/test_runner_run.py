@@ -229,8 +229,9 @@ def test_smart_mining_method_runs_with_its_sampler_updates_and_controller(tmp_pa
 
 
 def test_the_main_job_code_path_on_tiny_epochs(tmp_path, capsys):
-    argv = ["run", "--root_experiment_folder", str(tmp_path), "--methods", "pml_triplet_semihard",
-            "lifted_structure", "--num_epochs_train", "1", "--trainer~APPLY~2", "{iterations_per_epoch:", "2}"]
+    argv = ["run", "--dataset", "digits", "--root_experiment_folder", str(tmp_path), "--methods",
+            "pml_triplet_semihard", "lifted_structure", "--num_epochs_train", "1", "--trainer~APPLY~2",
+            "{iterations_per_epoch:", "2}"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Main job: digits" in out and "PML TripletMarginLoss" in out and "pml_ext LiftedStructureLoss" in out
@@ -238,11 +239,19 @@ def test_the_main_job_code_path_on_tiny_epochs(tmp_path, capsys):
     assert (folder / "comparison.png").is_file()
     with open(folder / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "P@1", "MAP@R", "NMI", "epochs", "wall time (s)"] and len(rows) == 3
-    assert rows[0]["method"].startswith("untrained network (epoch 0") and rows[0]["epochs"] == "0"
+    assert list(rows[0]) == ["method", "P@1", "MAP@R", "NMI", "epochs", "wall time (s)"] and len(rows) == 4
+    assert rows[0]["method"].startswith("raw pixels") and rows[1]["method"].startswith("untrained network (epoch 0")
+    assert rows[1]["epochs"] == "0"
+    # The raw-pixel row is the data itself as the embedding, scored as PML scores it.
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator as PMLCalculator
+
+    test = pml_ext.Digits([5, 6, 7, 8, 9])
+    raw = torch.nn.functional.normalize(test.data, dim=1)
+    expected = PMLCalculator(include=("precision_at_1",)).get_accuracy(raw, test.labels, raw, test.labels, True)
+    assert float(rows[0]["P@1"]) == pytest.approx(expected["precision_at_1"])
     # The table reports each method's last epoch (and the untrained epoch 0): the same numbers
     # as the method's own records.
-    for row, key, epoch in zip(rows, ("pml_triplet_semihard", "pml_triplet_semihard", "lifted_structure"),
+    for row, key, epoch in zip(rows[1:], ("pml_triplet_semihard", "pml_triplet_semihard", "lifted_structure"),
                                (0, 1, 1)):
         p_at_1 = float(row["P@1"])
         db = str(folder / key / SCHEME / "saved_csvs" / "logs.db")
