@@ -84,6 +84,32 @@ def test_isometry_defect_with_a_separate_reference_set_and_per_class():
     assert avg["isometry_defect"] == pytest.approx(np.mean(expected_mean), abs=1e-5)
 
 
+
+@pytest.mark.parametrize("layout", ["self", "separate", "ref_starts_with_queries"])
+@pytest.mark.parametrize("multi_dim", [False, True])
+def test_class_sorted_defects_equal_the_masked_path_and_the_loop(layout, multi_dim):
+    """PML's default label equality takes the class-sorted path (no masks); a custom
+    label_comparison_fn takes the masked one: same v_a, same skipped queries."""
+    gen = torch.Generator().manual_seed(7)
+    x, labels = torch.randn(50, 3, generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    labels[:3] = torch.tensor([9, 8, 8])  # a singleton class and a pair
+    q, ql, r, rl, ref_includes_query = x[:20], labels[:20], x[20:], labels[20:], False
+    if layout == "self":
+        r, rl, ref_includes_query = q, ql, True
+    elif layout == "ref_starts_with_queries":
+        r, rl, ref_includes_query = x, labels, True
+    if multi_dim:  # [N, 2] labels: same label = both components equal
+        ql, rl = torch.stack([ql, ql % 2], dim=1), torch.stack([rl, rl % 2], dim=1)
+    grouped = calc(chunk_elements=64).isometry_defects(q, ql.float(), r, rl.float(), ref_includes_query)
+    masked = calc(chunk_elements=64, label_comparison_fn=lambda a, b: a == b, exclude=("NMI", "AMI")
+                  ).isometry_defects(q, ql.float(), r, rl.float(), ref_includes_query)
+    assert torch.equal(grouped[1], masked[1]) and torch.allclose(grouped[0], masked[0], atol=1e-6)
+    loop = brute_force_defects(q, ql[:, 0] if multi_dim else ql, r, rl[:, 0] if multi_dim else rl, 0.2,
+                               ref_includes_query)
+    assert sorted(loop) == torch.nonzero(grouped[1]).flatten().tolist()
+    assert grouped[0][grouped[1]].tolist() == pytest.approx([loop[a] for a in sorted(loop)], abs=1e-5)
+
+
 def numpy_distance_statistics(x):
     x = np.asarray(x, dtype=np.float64)
     d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))[np.triu_indices(len(x), k=1)]
@@ -172,9 +198,11 @@ def test_pml_metrics_still_work_alongside_and_match_pml():
 
 
 def test_include_and_exclude_work_as_in_pml():
+    # The diagnostics are opt-in (issue 18): by default the metrics are PML's.
     every = calc().get_curr_metrics()
-    assert set(OURS) <= set(every) and "precision_at_1" in every
-    assert set(calc(exclude=("isometry_defect", "NMI")).get_curr_metrics()) == set(every) - {"isometry_defect", "NMI"}
+    assert every == PMLAccuracyCalculator(device=CPU).get_curr_metrics() and not set(OURS) & set(every)
+    assert set(calc(exclude=("isometry_defect", "NMI")).get_curr_metrics()) == set(every) - {"NMI"}
+    assert set(calc(include=OURS, exclude=("isometry_defect",)).get_curr_metrics()) == set(OURS) - {"isometry_defect"}
     x, labels = torch.randn(30, 3), torch.arange(30) % 3
     assert set(calc(include=OURS).get_accuracy(x, labels)) == set(OURS)
     with pytest.raises(ValueError, match="Primary metrics"):

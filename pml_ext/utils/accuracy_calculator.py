@@ -1,7 +1,9 @@
-"""PML's AccuracyCalculator plus collapse and isometry diagnostics for evaluation embeddings.
+"""PML's AccuracyCalculator plus opt-in collapse and isometry diagnostics for evaluation embeddings.
 
-See docs/isometric_mining.md. Everything is computed in row chunks, so no N x N matrix is
-ever allocated, whatever the size of the evaluation set.
+A drop-in for ``pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator``: the
+diagnostics are computed only when named in ``include=``, so by default the metrics, the
+result keys and the values are PML's. See docs/isometric_mining.md. Everything is computed
+in row chunks, so no N x N matrix is ever allocated, whatever the size of the evaluation set.
 """
 from __future__ import annotations
 
@@ -12,18 +14,35 @@ from pytorch_metric_learning.distances import BaseDistance, LpDistance
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import accuracy_calculator as pml_ac
 
-from ._isometry import dissimilarity, embedding_scale, hardest_pairs, oriented, violations
+from ._isometry import (class_grouped_violations, dissimilarity, embedding_scale, hardest_pairs, oriented,
+                        unnormalized, violations)
 from .checks import check_positive
 
-__all__ = ["AccuracyCalculator"]
+__all__ = ["AccuracyCalculator", "DIAGNOSTIC_METRICS"]
 
 _ISOMETRY_METRICS = ("isometry_defect", "isometry_defect_max")
 _SPREAD_METRICS = ("embedding_spread", "relative_embedding_spread", "intrinsic_dimensionality")
+_RAW_SPREAD_METRICS = tuple("raw_" + name for name in _SPREAD_METRICS)
+#: The metrics this class adds to PML's; each is computed only when named in ``include=``.
+DIAGNOSTIC_METRICS = _ISOMETRY_METRICS + _SPREAD_METRICS + _RAW_SPREAD_METRICS
+# The get_accuracy kwargs each group needs (absent when _get_accuracy is called directly).
+_NEEDS = {_ISOMETRY_METRICS: ("query", "query_labels", "reference", "reference_labels", "ref_includes_query"),
+          _SPREAD_METRICS: ("query",), _RAW_SPREAD_METRICS: ("query",)}
 
 
 class AccuracyCalculator(pml_ac.AccuracyCalculator):
-    """PML's ``AccuracyCalculator`` with five more metrics; ``include=``/``exclude=`` and all of
-    PML's metrics work as before.
+    """PML's ``AccuracyCalculator`` with eight opt-in diagnostic metrics; a drop-in for PML's.
+
+    The rule: a diagnostic is computed only when its name is passed in ``include=``, either
+    the constructor's (then every ``get_accuracy`` call computes it by default) or
+    ``get_accuracy``'s (that call only). With ``include=()``, the default, the metrics, the
+    result keys and the values are exactly PML's, and so are ``exclude=``, ``avg_of_avgs``,
+    ``return_per_class``, ``k`` (including ``"max_bin_count"``), ``knn_func``,
+    ``kmeans_func``, ``label_comparison_fn`` and direct ``_get_accuracy`` calls with PML's
+    arguments (knn labels, label counts, lone-query mask, no embeddings). Only a direct
+    ``_get_accuracy`` call that asks for a diagnostic needs the embeddings in its kwargs
+    (``query``, and for the isometry defect ``query_labels``, ``reference``,
+    ``reference_labels``, ``ref_includes_query``); without them it raises ``ValueError``.
 
     - ``isometry_defect``: the mean over queries of
       ``v_a = [max_p D(a,p) - min_n D(a,n) + margin]_+``, positives and negatives taken in
@@ -39,8 +58,15 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
     - ``intrinsic_dimensionality``: ``rho = mu^2 / (2 sigma^2)`` of the pairwise distance
       distribution (Zezula et al. 2006, section 10.1); ``inf`` when all distances are equal
       and non-zero, ``NaN`` when all points coincide.
+    - ``raw_embedding_spread``, ``raw_relative_embedding_spread``,
+      ``raw_intrinsic_dimensionality``: the same three on the embeddings as passed, i.e.
+      with ``distance`` but ``normalize_embeddings=False``. A collapse toward the origin
+      (all embeddings shrinking to 0) is invisible after L2 normalisation (the directions
+      stay spread, ``relative_embedding_spread`` ~0.7) but ``raw_embedding_spread`` goes to
+      0 (compare it with ``margin``). The relative version is scale-free, so it does not
+      see a uniform shrink either; it sees a collapse onto a point away from the origin.
 
-    The three distance-distribution metrics use the distinct pairs of a uniform sample of at
+    The six distance-distribution metrics use the distinct pairs of a uniform sample of at
     most ``distance_sample_size`` query embeddings (all of them when the query set is not
     larger), drawn with ``seed``. The isometry defect is exact: every query against the
     whole reference set.
@@ -49,7 +75,9 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
     violation uses ``S(a,n) - S(a,p)`` and the spread uses ``(S_ii + S_jj)/2 - S_ij``.
 
     Args:
-        *args, **kwargs: PML's ``AccuracyCalculator`` arguments.
+        include, exclude: PML's metric selection (tuples or lists of names); the only way
+            to turn a diagnostic on is to name it in an ``include``.
+        *args, **kwargs: PML's other ``AccuracyCalculator`` arguments.
         margin: the margin of ``v_a`` (>= 0), normally the training loss's.
         distance: a PML distance; default ``LpDistance()`` (L2 on normalised embeddings, the
             default of PML's triplet losses).
@@ -58,8 +86,9 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
         seed: seeds the sample.
     """
 
-    def __init__(self, *args, margin: float = 0.2, distance: BaseDistance | None = None,
-                 distance_sample_size: int = 4096, chunk_elements: int = 2 ** 22, seed: int = 0, **kwargs):
+    def __init__(self, include: tuple | list = (), exclude: tuple | list = (), *args, margin: float = 0.2,
+                 distance: BaseDistance | None = None, distance_sample_size: int = 4096,
+                 chunk_elements: int = 2 ** 22, seed: int = 0, **kwargs):
         check_positive(margin, "margin", allow_zero=True)
         if distance is not None and not isinstance(distance, BaseDistance):
             raise TypeError(f"distance must be a PML BaseDistance, got {type(distance).__name__}")
@@ -74,7 +103,24 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
         self.distance_sample_size = distance_sample_size
         self.chunk_elements = chunk_elements
         self.seed = seed
-        super().__init__(*args, **kwargs)
+        # Diagnostics named in the constructor's include are part of every call's default.
+        # (PML's check_primary_metrics raises TypeError for an include that is not a tuple/list.)
+        self._named_diagnostics = frozenset(
+            n for n in include if n in DIAGNOSTIC_METRICS) if isinstance(include, (tuple, list)) else frozenset()
+        super().__init__(include, exclude, *args, **kwargs)
+        if len(include) == 0:
+            # Keep them available to get_accuracy(include=...), off by default (get_function_dict).
+            for name in DIAGNOSTIC_METRICS:
+                if name not in exclude:
+                    self.original_function_dict[name] = getattr(self, self.function_keyword + name)
+
+    def get_function_dict(self, include: tuple | list = (), exclude: tuple | list = ()) -> dict:
+        """PML's selection, except that an empty ``include`` leaves out the diagnostics that
+        the constructor's ``include`` did not name."""
+        if len(include) == 0:
+            include = [n for n in self.original_function_dict
+                       if n not in DIAGNOSTIC_METRICS or n in self._named_diagnostics]
+        return super().get_function_dict(include, exclude)
 
     # ---- metrics (PML finds them by the ``calculate_`` prefix) -------------------------
 
@@ -103,28 +149,73 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
     def calculate_intrinsic_dimensionality(self, distance_statistics, **kwargs):
         return distance_statistics["rho"]
 
+    def calculate_raw_embedding_spread(self, raw_distance_statistics, **kwargs):
+        return raw_distance_statistics["mean"]
+
+    def calculate_raw_relative_embedding_spread(self, raw_distance_statistics, **kwargs):
+        return raw_distance_statistics["relative"]
+
+    def calculate_raw_intrinsic_dimensionality(self, raw_distance_statistics, **kwargs):
+        return raw_distance_statistics["rho"]
+
     # ---- shared computations, once per get_accuracy call ---------------------------------
 
-    def _get_accuracy(self, function_dict, **kwargs):
-        if any(name in function_dict for name in _ISOMETRY_METRICS):
+    def _get_accuracy(self, function_dict: dict, **kwargs) -> dict:
+        """PML's ``_get_accuracy``; the diagnostics' shared inputs are computed first, and
+        only when ``function_dict`` asks for a diagnostic."""
+        wanted = {group: [n for n in group if n in function_dict] for group in _NEEDS}
+        for group, names in wanted.items():
+            missing = [k for k in _NEEDS[group] if k not in kwargs]
+            if names and missing:
+                raise ValueError(f"{names[0]} needs the embeddings: _get_accuracy got no {missing[0]!r} "
+                                 f"argument (call get_accuracy, or pass {', '.join(_NEEDS[group])})")
+        if wanted[_ISOMETRY_METRICS] and "isometry_defects" not in kwargs:
             kwargs["isometry_defects"] = self.isometry_defects(
                 kwargs["query"], kwargs["query_labels"], kwargs["reference"], kwargs["reference_labels"],
                 kwargs["ref_includes_query"])
-        if any(name in function_dict for name in _SPREAD_METRICS):
+        if wanted[_SPREAD_METRICS] and "distance_statistics" not in kwargs:
             kwargs["distance_statistics"] = self.distance_statistics(kwargs["query"])
+        if wanted[_RAW_SPREAD_METRICS] and "raw_distance_statistics" not in kwargs:
+            raw = unnormalized(self.distance)
+            if raw is self.distance and "distance_statistics" in kwargs:
+                kwargs["raw_distance_statistics"] = kwargs["distance_statistics"]  # nothing to undo
+            else:
+                kwargs["raw_distance_statistics"] = self.distance_statistics(kwargs["query"], raw)
         return super()._get_accuracy(function_dict, **kwargs)
 
     @torch.no_grad()
     def isometry_defects(self, query: torch.Tensor, query_labels: torch.Tensor, reference: torch.Tensor,
                          reference_labels: torch.Tensor, ref_includes_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(v [Nq], valid [Nq] bool)``: ``v_a`` of every query, computed in row chunks."""
+        """``v_a`` of every query, computed in row chunks of the ``[Nq, Nr]`` distance matrix.
+
+        With PML's default label comparison (equality) the references are sorted by class and
+        no label mask is built; a custom ``label_comparison_fn`` uses ``[m, Nr]`` masks.
+
+        Args:
+            query: ``[Nq, d]``; query_labels: ``[Nq]`` (or ``[Nq, L]``).
+            reference: ``[Nr, d]``; reference_labels: ``[Nr]`` (or ``[Nr, L]``).
+            ref_includes_query: the first ``Nq`` references are the queries (each query's
+                own entry is then not a positive).
+
+        Returns:
+            ``(v [Nq] float64, valid [Nq] bool)``; ``valid`` is False (and ``v`` 0) for a query
+            without a positive or a negative.
+        """
+        raw = unnormalized(self.distance)
+        # Normalise once, not once per block (the same numbers as self.distance(q_block, reference)).
+        query, reference = self.distance.maybe_normalize(query), self.distance.maybe_normalize(reference)
+        if self.label_comparison_fn is pml_ac.EQUALITY:  # the default: class ids, no label masks
+            flat = [labels.reshape(len(labels), -1) for labels in (query_labels, reference_labels)]
+            ids = torch.unique(torch.cat(flat), dim=0, return_inverse=True)[1]
+            return class_grouped_violations(query, ids[: len(query)], reference, ids[len(query):],
+                                            ref_includes_query, raw, self.margin, self.chunk_elements)
         num_queries, num_refs = query.shape[0], reference.shape[0]
         rows = max(1, self.chunk_elements // max(num_refs, 1))
         v = torch.zeros(num_queries, dtype=torch.float64, device=query.device)
         valid = torch.zeros(num_queries, dtype=torch.bool, device=query.device)
         for start in range(0, num_queries, rows):
             stop = min(start + rows, num_queries)
-            dm = oriented(self.distance(query[start:stop], reference), self.distance)
+            dm = oriented(raw(query[start:stop], reference), raw)
             pos = self._label_matches(query_labels[start:stop], reference_labels)
             neg = ~pos
             if ref_includes_query:
@@ -137,8 +228,19 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
         return v, valid
 
     @torch.no_grad()
-    def distance_statistics(self, embeddings: torch.Tensor) -> dict:
-        """``{"mean", "relative", "rho", "num_pairs"}`` of the distinct pairs of a sample."""
+    def distance_statistics(self, embeddings: torch.Tensor, distance: BaseDistance | None = None) -> dict:
+        """Statistics of the pairwise dissimilarities of a seeded sample of the embeddings.
+
+        Args:
+            embeddings: ``[N, d]``; at most ``distance_sample_size`` rows are used.
+            distance: default ``self.distance``; ``unnormalized(self.distance)`` for the raw_
+                metrics.
+
+        Returns:
+            ``{"mean": mu, "relative": mu / scale, "rho": mu^2 / (2 sigma^2), "num_pairs"}``
+            over the distinct pairs ``i < j`` of the sample (NaN and 0 pairs when N < 2).
+        """
+        distance = self.distance if distance is None else distance
         n = embeddings.shape[0]
         if n < 2:
             return {"mean": math.nan, "relative": math.nan, "rho": math.nan, "num_pairs": 0}
@@ -147,32 +249,37 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
             keep = torch.randperm(n, generator=gen)[: self.distance_sample_size].to(embeddings.device)
             embeddings = embeddings[keep]
             n = embeddings.shape[0]
+        # Normalise once, then measure the pairs i < j of each row block: its strict upper
+        # triangle and the rectangle of the rows after it (n^2/2 entries in all, no mask).
+        points, raw = distance.maybe_normalize(embeddings), unnormalized(distance)
         rows = max(1, self.chunk_elements // n)
         count, mean, m2 = 0, 0.0, 0.0
-        cols = torch.arange(n, device=embeddings.device)
         for start in range(0, n - 1, rows):
             stop = min(start + rows, n)
-            block = embeddings[start:stop]
-            d = dissimilarity(self.distance(block, embeddings), block, embeddings, self.distance)
-            upper = cols[None, :] > torch.arange(start, stop, device=embeddings.device)[:, None]  # pairs i < j
-            d = d[upper].double()
-            if d.numel() == 0:
-                continue
-            # Chan et al.'s pairwise update of (count, mean, M2): stable when sigma << mu (collapse).
-            c_mean = float(d.mean())
-            c_m2 = float(((d - c_mean) ** 2).sum())
-            c_count = d.numel()
-            delta = c_mean - mean
-            total = count + c_count
-            mean += delta * c_count / total
-            m2 += c_m2 + delta * delta * count * c_count / total
-            count = total
+            block, after = points[start:stop], points[stop:]
+            upper = torch.triu_indices(stop - start, stop - start, offset=1, device=points.device)
+            pieces = [dissimilarity(raw(block, block), block, block, raw)[upper[0], upper[1]]]
+            if stop < n:
+                pieces.append(dissimilarity(raw(block, after), block, after, raw).flatten())
+            for d in pieces:
+                if d.numel() == 0:
+                    continue
+                # Chan et al.'s pairwise update of (count, mean, M2): stable when sigma << mu (collapse).
+                d = d.double()
+                c_mean = float(d.mean())
+                c_m2 = float(((d - c_mean) ** 2).sum())
+                c_count = d.numel()
+                delta = c_mean - mean
+                total = count + c_count
+                mean += delta * c_count / total
+                m2 += c_m2 + delta * delta * count * c_count / total
+                count = total
         variance = m2 / count
         if variance > 0:
             rho = mean * mean / (2 * variance)
         else:
             rho = math.inf if mean > 0 else math.nan
-        scale = float(embedding_scale(embeddings, self.distance))
+        scale = float(embedding_scale(embeddings, distance))
         relative = mean / scale if scale > 0 else math.nan
         return {"mean": mean, "relative": relative, "rho": rho, "num_pairs": count}
 
