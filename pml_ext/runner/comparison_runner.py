@@ -24,6 +24,7 @@ from typing import Iterable, Mapping
 
 from .config_error import ConfigError
 from .config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
+from .epoch_updater import resolve_attribute
 from .experiment_runner import ExperimentRunner
 from .registry import Registry
 
@@ -141,15 +142,16 @@ class ComparisonRunner:
                 raw = self.raw_pixels(runner)
             rows.append({"method": method["name"], **{c: final.get(c) for c in TABLE_COLUMNS},
                          "epochs": max((s["last_epoch"] for s in summary["schemes"].values()), default=0),
-                         "wall time (s)": round(elapsed, 1)})
+                         "wall time (s)": round(elapsed, 1), "notes": self.notes(runner, summary)})
             curves[method["name"]] = ([r["epoch"] for r in scheme_rows if r["epoch"] >= 0],
                                       [r.get("MAP@R") for r in scheme_rows if r["epoch"] >= 0])
         if untrained is not None:
             rows.insert(0, {"method": "untrained network (epoch 0, the same for every method)",
-                            **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None})
+                            **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None,
+                            "notes": ""})
         if raw is not None:
             rows.insert(0, {"method": "raw pixels, L2-normalised (no network)", **raw, "epochs": 0,
-                            "wall time (s)": None})
+                            "wall time (s)": None, "notes": ""})
         table = self.table(rows)
         plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves else None
         if rows:
@@ -157,6 +159,25 @@ class ComparisonRunner:
 
             pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
         return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder}
+
+    @staticmethod
+    def notes(runner: ExperimentRunner, summary: dict) -> str:
+        """What a method really did: the share of really mined triplets after the warm-up and the
+        final controlled settings (empty for methods without a mining sampler or controller)."""
+        parts = []
+        for info in summary["schemes"].values():
+            shares = [h["mined_share_in_epoch"] for h in info.get("sampler_history", [])
+                      if "mined_share_in_epoch" in h]
+            mined = [s for s in shares if s > 0]
+            if shares:
+                parts.append(f"really mined: {sum(mined) / max(len(mined), 1):.2f} of triplets in "
+                             f"{len(mined)}/{len(shares)} epochs")
+        for objects in runner.objects.values():
+            for name, (controller, module, attribute) in (objects.get("controllers") or {}).items():
+                owner, leaf = resolve_attribute(module, attribute)
+                parts.append(f"{attribute} {float(getattr(owner, leaf)):.3g} at the end")
+            break
+        return "; ".join(parts)
 
     @staticmethod
     def raw_pixels(runner: ExperimentRunner) -> dict | None:

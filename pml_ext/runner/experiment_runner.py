@@ -113,6 +113,13 @@ class _WholeBatches(torch.utils.data.Sampler):
         return self.sampler.update(*args, **kwargs)
 
 
+def _recordable_statistics(obj) -> dict[str, float]:
+    """The numbers an object lists in PML's ``_record_these`` (e.g. ``SmartBatchSampler``'s mined share)."""
+    names = getattr(obj, "_record_these", None) or []
+    values = {name: getattr(obj, name, None) for name in names}
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -423,10 +430,16 @@ class ExperimentRunner:
             if self.rank == 0:
                 hooks.end_of_iteration_hook(trainer)
 
+        sampler_history: list[dict] = []
+
         def end_of_epoch(trainer):
+            sampler_stats = _recordable_statistics(unwrap(sampler))  # the epoch just trained, before refresh
             settings = updater.end_of_epoch(trainer)
             keep_training = True
             if self.rank == 0:
+                if sampler_stats:
+                    record_keeper.update_records(sampler_stats, trainer.epoch, parent_name="sampler_statistics")
+                    sampler_history.append({"epoch": int(trainer.epoch), **sampler_stats})
                 if controllers:
                     record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
                     record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
@@ -472,7 +485,8 @@ class ExperimentRunner:
             LOGGER.info("%s: already trained for %d epochs (num_epochs_train=%d)", scheme_name,
                         start_epoch - 1, num_epochs)
             last_epoch = start_epoch - 1
-        info = {"start_epoch": start_epoch, "last_epoch": last_epoch, "wall_time": time.time() - start_time}
+        info = {"start_epoch": start_epoch, "last_epoch": last_epoch, "wall_time": time.time() - start_time,
+                "sampler_history": sampler_history}
         if self.rank != 0:
             return info, None
         record_keeper.save_records()
