@@ -253,7 +253,8 @@ def test_same_seed_same_triplets_and_reset_generator_repeats():
         ({"collapse_threshold": 0}, ValueError, "collapse_threshold"),
         ({"iso_threshold": -1}, ValueError, "iso_threshold"),
         ({"triplets_per_anchor": 0}, ValueError, "triplets_per_anchor"),
-        ({"semi_hard_draws": 2.5}, ValueError, "semi_hard_draws"),
+        ({"semi_hard_draws": 2.5}, TypeError, "semi_hard_draws"),
+        ({"semi_hard_draws": 0}, ValueError, "semi_hard_draws"),
         ({"seed": "x"}, TypeError, "seed"),
     ],
 )

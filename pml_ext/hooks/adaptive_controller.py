@@ -14,6 +14,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..utils.distributed import mean_across_ranks
 from .control_rule import ControlRule
+from .controller_state import parse_state
 from .known_settings import as_number as _as_number
 from .known_settings import check_bounds, declared_range, known_sign
 from .known_settings import resolve as _resolve
@@ -321,7 +322,10 @@ class AdaptiveController(PMLTrainerHooks):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output and write the saved setting back to the module."""
+        """Restore :meth:`state_dict` output and write the saved setting back to the module.
+
+        The whole state is validated (types, finiteness, ranges against the measure) before
+        anything changes: a rejected state raises and leaves controller and module as they were."""
         if not isinstance(state, dict):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         if state.get("version") == 1:  # saved before the step log: nothing was recorded
@@ -334,23 +338,16 @@ class AdaptiveController(PMLTrainerHooks):
         for key, mine in (("attribute", self.attribute), ("rule", self.rule.name)):
             if state[key] != mine:
                 raise ValueError(f"state was saved for {key} '{state[key]}', this controller has '{mine}'")
-        self.target = float(state["target"])
-        self.epoch = int(state["epoch"])
-        self._history = [(int(e), float(s), float(err)) for e, s, err in state["history"]]
-        self.last_error = float(state["last_error"])
-        self.slope = float(state["slope"])
-        self.intercept = float(state["intercept"])
-        self.used_fallback = float(state["used_fallback"])
-        self.proposal = float(state["proposal"])
-        self.clipped_by_step = float(state["clipped_by_step"])
-        self.clipped_by_bounds = float(state["clipped_by_bounds"])
-        self._step_log = [{k: math.nan if v is None else float(v) for k, v in zip(_STEP_LOG_KEYS, row)}
-                          for row in state["step_log"]]
-        self._inferred_sign = int(state["inferred_sign"])
-        self.num_skipped = int(state["num_skipped"])
-        self._obs_sum = float(state["obs_sum"])
-        self._obs_count = int(state["obs_count"])
-        self._write(float(state["setting"]))
+        # All or nothing: every field is checked first, and the module is written before
+        # the controller, so a setter that refuses the value leaves both unchanged.
+        values = parse_state(state, self.fraction, _STEP_LOG_KEYS)
+        self._write(values["setting"])
+        self.target, self.epoch, self._history = values["target"], values["epoch"], values["history"]
+        self.last_error, self.slope, self.intercept = values["last_error"], values["slope"], values["intercept"]
+        self.used_fallback, self.proposal = values["used_fallback"], values["proposal"]
+        self.clipped_by_step, self.clipped_by_bounds = values["clipped_by_step"], values["clipped_by_bounds"]
+        self._step_log, self._inferred_sign = values["step_log"], values["inferred_sign"]
+        self.num_skipped, self._obs_sum, self._obs_count = values["num_skipped"], values["obs_sum"], values["obs_count"]
 
     def __repr__(self) -> str:
         return (f"AdaptiveController({type(self.controlled).__name__}.{self.attribute}={self.setting:g}, "

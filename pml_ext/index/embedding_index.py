@@ -26,7 +26,8 @@ from pytorch_metric_learning.distances import (
 from pytorch_metric_learning.utils.inference import FaissKNN, mask_reshape_knn_idx
 
 from ..utils.ann_quality import ann_quality
-from ..utils.checks import check_embeddings, check_labels
+from ..utils.checks import check_embeddings, check_int, check_labels
+from .faiss_params import check_faiss_params, check_for_data, check_num_threads, check_seed
 
 __all__ = ["EmbeddingIndex"]
 
@@ -81,17 +82,13 @@ class EmbeddingIndex:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.distance = LpDistance() if distance is None else distance
         self._metric = _faiss_metric(self.distance)
-        if num_threads is not None and (isinstance(num_threads, bool) or int(num_threads) < 1):
-            raise ValueError(f"num_threads must be a positive integer or None, got {num_threads}")
-        allowed = {"exact": set(), "hnsw": set(HNSW_DEFAULTS), "ivf": set(IVF_DEFAULTS),
-                   "auto": set(HNSW_DEFAULTS)}[method]
-        unknown = sorted(set(faiss_params) - allowed)
-        if unknown:
-            raise ValueError(f"faiss_params {unknown} are not parameters of method {method!r}; "
-                             f"allowed: {sorted(allowed)}")
+        # Every FAISS parameter is checked here, before FAISS sees it (faiss_params.py).
+        faiss_params = check_faiss_params(method, faiss_params)
+        num_threads = check_num_threads(num_threads)
+        seed = check_seed(seed)
         self.method = method
-        self.num_threads = None if num_threads is None else int(num_threads)
-        self.seed = int(seed)
+        self.num_threads = num_threads
+        self.seed = seed
         self.faiss_params = dict(faiss_params)
         self.resolved_method: str | None = None
         self.num_points = 0
@@ -114,6 +111,7 @@ class EmbeddingIndex:
         method = self.method
         if method == "auto":
             method = "exact" if num_points < AUTO_EXACT_MAX_POINTS else "hnsw"
+        check_for_data(method, self.faiss_params if method != "exact" else {}, num_points, dim)
         start = time.perf_counter()
         with self._threads():
             # FaissKNN.train = "make an index for dimension d, add the data"; the factory
@@ -143,7 +141,7 @@ class EmbeddingIndex:
         params = {**IVF_DEFAULTS, **self.faiss_params}
         num_points = data.shape[0]
         nlist = params["nlist"] or max(1, int(round(4 * math.sqrt(num_points))))
-        nlist = min(int(nlist), num_points)
+        nlist = min(int(nlist), num_points)  # only the default can exceed N: check_for_data
         quantizer = faiss.IndexFlat(dim, self._metric)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, self._metric)
         index.cp.seed = self.seed
@@ -268,9 +266,7 @@ class EmbeddingIndex:
         """
         self._require_built()
         k = _check_k(k, self.num_points - 1, "quality", self.num_points)
-        if isinstance(num_queries, bool) or int(num_queries) < 1:
-            raise ValueError(f"num_queries must be a positive integer, got {num_queries}")
-        num_queries = min(int(num_queries), self.num_points)
+        num_queries = min(check_int(num_queries, "num_queries", 1), self.num_points)
         gen = torch.Generator().manual_seed(self.seed)
         rows = torch.randperm(self.num_points, generator=gen)[:num_queries]
         q = self._data[rows]
@@ -375,10 +371,7 @@ def _faiss_metric(distance) -> int:
 
 
 def _check_k(k, upper: int, where: str, num_points: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = check_int(k, "k", 1)
     if k > upper:
         rule = "k < N (the point itself is excluded)" if where != "search" else "k <= N"
         raise ValueError(f"k={k} is too large for {where} over N={num_points} indexed points: need {rule}")

@@ -6,7 +6,7 @@ from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..utils.checks import check_embeddings, check_labels
+from ..utils.checks import check_loss_inputs
 
 __all__ = ["LiftedStructureLoss"]
 
@@ -102,27 +102,15 @@ class LiftedStructureLoss(BaseMetricLossFunction):
             embeddings: ``[B, d]`` floating point, finite.
             labels: ``[B]`` integer, or None when ``indices_tuple`` is given.
             indices_tuple: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` into the batch
-                (into ``ref_emb`` for ``p`` and ``n`` when it is given).
+                (into ``ref_emb`` for ``p`` and ``n`` when it is given). Every entry must be
+                in range: PML lets a negative index wrap around, pml_ext raises on purpose.
             ref_emb: ``[R, d]`` reference embeddings, or None for the batch itself.
-            ref_labels: ``[R]`` labels of ``ref_emb``.
+            ref_labels: ``[R]`` labels of ``ref_emb`` (required with ``labels`` and no tuple).
         Returns:
-            The reduced loss, a scalar tensor.
+            The reduced loss, a scalar tensor; an empty batch or tuple gives PML's zero
+            loss, connected to the graph.
         """
-        check_embeddings(embeddings, "embeddings", allow_empty=True)
-        if labels is not None:
-            check_labels(labels, embeddings.shape[0], "labels", "embeddings")
-        if ref_emb is not None:
-            check_embeddings(ref_emb, "ref_emb", allow_empty=True)
-            if ref_emb.shape[1] != embeddings.shape[1]:
-                raise ValueError(
-                    f"ref_emb has dimension {ref_emb.shape[1]} but embeddings has {embeddings.shape[1]}"
-                )
-            if ref_labels is not None:
-                check_labels(ref_labels, ref_emb.shape[0], "ref_labels", "ref_emb")
-        if indices_tuple is not None and len(indices_tuple) not in (3, 4):
-            raise ValueError(
-                f"indices_tuple must hold 3 (triplets) or 4 (pairs) tensors, got {len(indices_tuple)}"
-            )
+        check_loss_inputs(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):

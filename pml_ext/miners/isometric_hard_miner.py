@@ -9,7 +9,7 @@ import torch
 from pytorch_metric_learning.miners import BaseMiner
 
 from ..utils._isometry import dissimilarity, embedding_scale, hardest_pairs, oriented, violations
-from ..utils.checks import check_embeddings, check_labels, check_positive
+from ..utils.checks import check_int, check_miner_inputs, check_positive
 
 __all__ = ["IsometricHardMiner"]
 
@@ -74,11 +74,9 @@ class IsometricHardMiner(BaseMiner):
         check_positive(margin, "margin", allow_zero=True)
         check_positive(collapse_threshold, "collapse_threshold")
         check_positive(iso_threshold, "iso_threshold")
-        for name, value in (("triplets_per_anchor", triplets_per_anchor), ("semi_hard_draws", semi_hard_draws)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        triplets_per_anchor = check_int(triplets_per_anchor, "triplets_per_anchor", 1)
+        semi_hard_draws = check_int(semi_hard_draws, "semi_hard_draws", 1)
+        seed = check_int(seed, "seed")
         self._pool_size(max_negatives)
         self.margin = float(margin)
         self.max_negatives = max_negatives
@@ -103,24 +101,21 @@ class IsometricHardMiner(BaseMiner):
         self._generators.clear()
 
     def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
-        """Validate, then PML's ``BaseMiner.forward``; see the class docstring for shapes."""
-        check_embeddings(embeddings, "embeddings")
-        check_labels(labels, embeddings.shape[0], "labels", "embeddings")
-        if ref_emb is not None or ref_labels is not None:
-            if ref_emb is None or ref_labels is None:
-                raise ValueError("ref_emb and ref_labels must be given together")
-            check_embeddings(ref_emb, "ref_emb")
-            check_labels(ref_labels, ref_emb.shape[0], "ref_labels", "ref_emb")
-            if ref_emb.shape[1] != embeddings.shape[1]:
-                raise ValueError(
-                    f"ref_emb has dimension {ref_emb.shape[1]} but embeddings has {embeddings.shape[1]}"
-                )
+        """Validate, then PML's ``BaseMiner.forward``; see the class docstring for shapes.
+
+        An empty batch (or reference set) gives empty tuples, as PML's miners do."""
+        check_miner_inputs(embeddings, labels, ref_emb, ref_labels)
         return super().forward(embeddings, labels, ref_emb, ref_labels)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
              ref_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``embeddings [B, d]``, ``labels [B]``, ``ref_emb [R, d]``, ``ref_labels [R]`` ->
         ``(a, p, n)``, ``LongTensor[T]`` each (called by ``forward`` under ``no_grad``)."""
+        if embeddings.shape[0] == 0 or ref_emb.shape[0] == 0:
+            for name in self._stat_names:
+                setattr(self, name, 0.0)
+            empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
+            return empty, empty, empty
         mat = self.distance(embeddings, ref_emb)
         dm = oriented(mat, self.distance)
         pos = labels[:, None] == ref_labels[None, :]

@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
-from ..utils.checks import check_embeddings, check_labels, check_positive
+from ..utils.checks import check_embeddings, check_int, check_labels, check_miner_inputs, check_positive
 from ..utils.distributed import gather_training_set
 from ..utils.squared_euclidean import check_rule_distance, pair_values, squared_euclidean
 from .smart_triplets import smart_triplets
@@ -72,8 +72,15 @@ class SmartMiner(BaseMiner):
         super().__init__(**kwargs)
         check_rule_distance(self.distance)
         check_positive(margin, "margin", allow_zero=True)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        k = check_int(k, "k", 1)
+        seed = check_int(seed, "seed", 0, 2**31 - 2)
+        # Checked now (a throw-away EmbeddingIndex, no FAISS call), so a bad config fails at
+        # start-up, not at the first update after the warm-up epochs.
+        from ..index.embedding_index import EmbeddingIndex
+
+        if index_params is not None and not isinstance(index_params, dict):
+            raise TypeError(f"index_params must be a dict or None, got {type(index_params).__name__}")
+        EmbeddingIndex(method=index_method, distance=self.distance, seed=seed, **(index_params or {}))
         self.kappa = kappa
         self.margin = float(margin)
         self.k = int(k)
@@ -106,6 +113,12 @@ class SmartMiner(BaseMiner):
         self._kappa = float(value)
 
     # ------------------------------------------------------------------ per batch
+    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """Validate (errors name ``embeddings``, ``labels``, ``ref_emb``, ``ref_labels``), then
+        PML's ``BaseMiner.forward``. An empty batch gives empty tuples, as PML's miners do."""
+        check_miner_inputs(embeddings, labels, ref_emb, ref_labels)
+        return super().forward(embeddings, labels, ref_emb, ref_labels)
+
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         """``(a, p, n)``: ``LongTensor[T]`` each, rows of ``embeddings`` / ``ref_emb``."""
         same_set = ref_emb is embeddings

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Sampler
 
 from ..index.embedding_index import EmbeddingIndex
-from ..utils.checks import check_embeddings, check_labels
+from ..utils.checks import check_embeddings, check_int, check_labels
 from ..utils.distributed import rank_and_world_size
 from .distributed_shard_sampler import DistributedShardSampler
 
@@ -65,8 +65,8 @@ class HardNeighborSampler(Sampler):
         check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1)
         self.labels = labels.cpu().long()
         num_points = self.labels.shape[0]
-        self.batch_size = _int_arg(batch_size, "batch_size", 1)
-        self.pairs_per_batch = _int_arg(pairs_per_batch, "pairs_per_batch", 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        self.pairs_per_batch = check_int(pairs_per_batch, "pairs_per_batch", 1)
         if self.batch_size > num_points:
             raise ValueError(f"batch_size={batch_size} exceeds the dataset size {num_points}")
         members = 2 * self.pairs_per_batch
@@ -74,16 +74,16 @@ class HardNeighborSampler(Sampler):
             raise ValueError(f"batch_size={batch_size} cannot hold pairs_per_batch={pairs_per_batch} pairs")
         if negatives_per_sample is None:
             negatives_per_sample = (self.batch_size - members) // members
-        self.negatives_per_sample = _int_arg(negatives_per_sample, "negatives_per_sample", 0)
+        self.negatives_per_sample = check_int(negatives_per_sample, "negatives_per_sample", 0)
         if members * (1 + self.negatives_per_sample) > self.batch_size:
             raise ValueError(
                 f"negatives_per_sample={negatives_per_sample} does not fit: 2 * pairs_per_batch * "
                 f"(1 + negatives_per_sample) = {members * (1 + self.negatives_per_sample)} > batch_size={batch_size}")
         if num_neighbors is None:
             num_neighbors = max(32, 4 * self.negatives_per_sample)
-        self.num_neighbors = min(_int_arg(num_neighbors, "num_neighbors", 1), num_points - 1)
+        self.num_neighbors = min(check_int(num_neighbors, "num_neighbors", 1), num_points - 1)
         length = num_points if length_before_new_iter is None else length_before_new_iter
-        self.num_batches = _int_arg(length, "length_before_new_iter", 1) // self.batch_size
+        self.num_batches = check_int(length, "length_before_new_iter", 1) // self.batch_size
         if self.num_batches < 1:
             raise ValueError(f"length_before_new_iter={length} is shorter than one batch of {batch_size}")
 
@@ -98,12 +98,14 @@ class HardNeighborSampler(Sampler):
                 f"pairs_per_batch={pairs_per_batch} needs that many classes with >= 2 samples in labels, "
                 f"found {self._pair_classes.numel()}")
 
+        # The index's arguments are checked now (no FAISS call), not at the first update.
+        EmbeddingIndex(method, distance, num_threads, seed)
         self.method, self.distance, self.num_threads = method, distance, num_threads
-        self.seed = int(seed)
+        self.seed = seed
         self.return_batches = bool(return_batches)
         default_rank, default_world = rank_and_world_size()
-        self.rank = default_rank if rank is None else int(rank)
-        self.world_size = default_world if world_size is None else int(world_size)
+        self.rank = default_rank if rank is None else check_int(rank, "rank", 0)
+        self.world_size = default_world if world_size is None else check_int(world_size, "world_size", 1)
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         self.drop_uneven = bool(drop_uneven)
@@ -148,7 +150,7 @@ class HardNeighborSampler(Sampler):
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter`` draw epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
-        self.epoch = int(epoch)
+        self.epoch = check_int(epoch, "epoch", 0)
 
     # ------------------------------------------------------------------ epoch
     def epoch_batches(self, epoch: int | None = None) -> torch.Tensor:
@@ -223,11 +225,3 @@ def _first_distinct(candidates: torch.Tensor, size: int) -> torch.Tensor:
     keep = torch.zeros_like(first).scatter_(1, order, first & (values >= 0))
     keep &= keep.cumsum(dim=1) <= size
     return candidates[keep].view(candidates.shape[0], size)
-
-
-def _int_arg(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value

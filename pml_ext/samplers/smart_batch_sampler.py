@@ -9,7 +9,7 @@ from torch.utils.data import Sampler
 
 from ..miners.smart_miner import SmartMiner
 from ..miners.smart_triplets import _group_by_class, random_triplets
-from ..utils.checks import check_labels
+from ..utils.checks import check_int, check_labels
 from ..utils.distributed import gather_training_set
 from .distributed_shard_sampler import DistributedShardSampler
 
@@ -81,18 +81,19 @@ class SmartBatchSampler(Sampler[int]):
                  rank: int | None = None, world_size: int | None = None, drop_uneven: bool = False):
         if not isinstance(miner, SmartMiner):
             raise TypeError(f"miner must be a pml_ext.SmartMiner, got {type(miner).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 3 or batch_size % 3:
+        batch_size = check_int(batch_size, "batch_size", 3)
+        if batch_size % 3:
             raise ValueError(f"batch_size must be a positive multiple of 3 (whole triplets), got {batch_size!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
-        if triplets_per_epoch is not None and (isinstance(triplets_per_epoch, bool) or int(triplets_per_epoch) < 1):
-            raise ValueError(f"triplets_per_epoch must be a positive int or None, got {triplets_per_epoch!r}")
+        warmup_epochs = check_int(warmup_epochs, "warmup_epochs", 0)
+        if triplets_per_epoch is not None:
+            triplets_per_epoch = check_int(triplets_per_epoch, "triplets_per_epoch", 1)
+        seed = check_int(seed, "seed")
         self.miner = miner
         self.batch_size = batch_size
         self.mined_fraction = mined_fraction
         self.warmup_epochs = warmup_epochs
-        self.seed = int(seed)
-        self.triplets_per_epoch = None if triplets_per_epoch is None else int(triplets_per_epoch)
+        self.seed = seed
+        self.triplets_per_epoch = triplets_per_epoch
         self.labels = None
         if labels is not None:
             check_labels(labels, labels.shape[0] if torch.is_tensor(labels) else 0)
@@ -135,9 +136,7 @@ class SmartBatchSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Number the next epoch ``epoch`` (1-based), like ``DistributedSampler.set_epoch``."""
-        if isinstance(epoch, bool) or int(epoch) < 1:
-            raise ValueError(f"epoch must be an int >= 1, got {epoch!r}")
-        self._next_epoch = int(epoch)
+        self._next_epoch = check_int(epoch, "epoch", 1)
 
     # ------------------------------------------------------------------ iteration
     def _dataset_labels(self) -> torch.Tensor:

@@ -5,9 +5,11 @@ argument, so a bad call fails at the API boundary instead of deep inside a kerne
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-__all__ = ["check_embeddings", "check_labels", "check_finite", "check_positive"]
+__all__ = ["check_embeddings", "check_labels", "check_finite", "check_positive", "check_int",
+           "check_loss_inputs", "check_miner_inputs", "check_reference", "check_indices_tuple"]
 
 
 def check_embeddings(embeddings, name: str = "embeddings", allow_empty: bool = False) -> None:
@@ -58,3 +60,102 @@ def check_positive(value, name: str, allow_zero: bool = False) -> None:
     if v < 0 or (v == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as a Python int in ``[minimum, maximum]``; bools and floats are refused.
+
+    ``TypeError`` for a non-integer, ``ValueError`` for one out of range, both naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_loss_inputs(embeddings, labels, indices_tuple, ref_emb, ref_labels, allow_empty: bool = True) -> None:
+    """The checks every pml_ext loss runs before PML's ``forward``.
+
+    ``embeddings [B, d]`` (empty allowed: the loss is then PML's zero loss, connected to the
+    graph), ``labels [B]`` or None, ``ref_emb [R, d]`` with the same ``d`` and
+    ``ref_labels [R]``, and ``indices_tuple`` entries in range (``check_indices_tuple``).
+    """
+    check_embeddings(embeddings, "embeddings", allow_empty=allow_empty)
+    if labels is not None:
+        check_labels(labels, embeddings.shape[0], "labels", "embeddings")
+    check_reference(embeddings, labels, ref_emb, ref_labels, allow_empty=allow_empty,
+                    need_ref_labels=indices_tuple is None)
+    num_ref = embeddings.shape[0] if ref_emb is None else ref_emb.shape[0]
+    check_indices_tuple(indices_tuple, embeddings.shape[0], num_ref, ref_emb is not None)
+
+
+def check_reference(embeddings, labels, ref_emb, ref_labels, allow_empty: bool = True,
+                    need_ref_labels: bool = True) -> None:
+    """``ref_emb [R, d]`` matching ``embeddings [B, d]``, with ``ref_labels [R]``.
+
+    ``ref_labels`` without ``ref_emb`` is refused (PML would silently ignore it), and so is
+    ``ref_emb`` without ``ref_labels`` when labels are needed (``need_ref_labels``).
+    """
+    if ref_emb is None:
+        if ref_labels is not None:
+            raise ValueError("ref_emb and ref_labels must be given together: ref_labels was given without ref_emb")
+        return
+    check_embeddings(ref_emb, "ref_emb", allow_empty=allow_empty)
+    if ref_emb.shape[1] != embeddings.shape[1]:
+        raise ValueError(f"ref_emb has dimension {ref_emb.shape[1]} but embeddings has {embeddings.shape[1]}")
+    if ref_labels is None:
+        if need_ref_labels and labels is not None:
+            raise ValueError("ref_emb and ref_labels must be given together: ref_emb was given without "
+                             "ref_labels [R]")
+        return
+    check_labels(ref_labels, ref_emb.shape[0], "ref_labels", "ref_emb")
+
+
+def check_indices_tuple(indices_tuple, num_queries: int, num_ref: int, has_ref: bool = False,
+                        name: str = "indices_tuple") -> None:
+    """Triplets ``(a, p, n)`` or pairs ``(a1, p, a2, n)`` of 1-D integer tensors, all in range.
+
+    Anchors must lie in ``[0, num_queries)``, positives and negatives in ``[0, num_ref)``.
+    PML indexes with these tensors directly, so a negative entry wraps around to the end
+    of the batch and silently scores the wrong pair; pml_ext is stricter on purpose and
+    raises instead. One min/max reduction per tensor: no loop over samples.
+    """
+    if indices_tuple is None:
+        return
+    if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
+        got = len(indices_tuple) if isinstance(indices_tuple, (tuple, list)) else type(indices_tuple).__name__
+        raise ValueError(f"{name} must hold 3 (triplets) or 4 (pairs) tensors, got {got}")
+    anchor_slots = (0,) if len(indices_tuple) == 3 else (0, 2)
+    ref_name = "ref_emb" if has_ref else "embeddings"
+    for i, t in enumerate(indices_tuple):
+        if not torch.is_tensor(t):
+            raise TypeError(f"{name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 1:
+            raise ValueError(f"{name}[{i}] must be 1-D, got shape {tuple(t.shape)}")
+        if t.numel() > 0 and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+            raise TypeError(f"{name}[{i}] must have an integer dtype, got {t.dtype}")
+        size, rows = (num_queries, "embeddings") if i in anchor_slots else (num_ref, ref_name)
+        if t.numel() > 0:
+            lo, hi = int(t.min()), int(t.max())
+            if lo < 0 or hi >= size:
+                raise ValueError(f"{name}[{i}] must lie in [0, {size}) (rows of {rows}), "
+                                 f"got values in [{lo}, {hi}]")
+    pairs = [(0, 1, 2)] if len(indices_tuple) == 3 else [(0, 1), (2, 3)]
+    for group in pairs:
+        lengths = {len(indices_tuple[j]) for j in group}
+        if len(lengths) > 1:
+            raise ValueError(f"{name}[{group[0]}:{group[-1] + 1}] must have equal lengths, "
+                             f"got {[len(indices_tuple[j]) for j in group]}")
+
+
+def check_miner_inputs(embeddings, labels, ref_emb, ref_labels) -> None:
+    """The checks every pml_ext miner runs before PML's ``forward``: ``embeddings [B, d]``
+    (empty allowed: the miner then returns empty tuples, like PML's), ``labels [B]``, and
+    ``ref_emb [R, d]`` / ``ref_labels [R]`` given together."""
+    check_embeddings(embeddings, "embeddings", allow_empty=True)
+    check_labels(labels, embeddings.shape[0], "labels", "embeddings")
+    check_reference(embeddings, labels, ref_emb, ref_labels, allow_empty=True)
