@@ -220,3 +220,29 @@ def test_raw_spread_of_a_similarity_and_of_an_unnormalised_distance():
                              device=CPU).get_accuracy(x, labels)
     for name in SPREAD:  # nothing to undo: the raw metrics are the plain ones
         assert raw["raw_" + name] == raw[name]
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+def test_recall_at_k_against_a_brute_force_loop(k):
+    from pml_ext import AccuracyCalculator
+
+    g = torch.Generator().manual_seed(k)
+    query, labels = torch.randn(120, 6, generator=g), torch.randint(0, 10, (120,), generator=g)
+    calc = AccuracyCalculator(include=(f"recall_at_{k}", "precision_at_1"), k="max_bin_count")
+    got = calc.get_accuracy(query, labels, query, labels, ref_includes_query=True)
+    dist = torch.cdist(query, query)
+    dist.fill_diagonal_(float("inf"))
+    hits = [float(labels[i] in labels[dist[i].argsort()[:k]].tolist()) for i in range(len(labels))]
+    assert got[f"recall_at_{k}"] == pytest.approx(sum(hits) / len(hits))
+    if k == 2:
+        assert set(got) == {"recall_at_2", "precision_at_1"}
+    # off unless asked for: the default keys stay PML's
+    assert f"recall_at_{k}" not in AccuracyCalculator().get_accuracy(query, labels, query, labels, True)
+
+
+def test_recall_at_k_needs_enough_neighbours():
+    from pml_ext import AccuracyCalculator
+
+    x, y = torch.randn(30, 4), torch.arange(30) % 3
+    with pytest.raises(ValueError, match="recall_at_8 needs at least 8 neighbours"):
+        AccuracyCalculator(include=("recall_at_8",), k=4).get_accuracy(x, y, x, y, True)

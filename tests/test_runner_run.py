@@ -239,7 +239,7 @@ def test_the_main_job_code_path_on_tiny_epochs(tmp_path, capsys):
     assert (folder / "comparison.png").is_file()
     with open(folder / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "P@1", "MAP@R", "NMI", "epochs", "wall time (s)", "notes"] and len(rows) == 4
+    assert list(rows[0]) == ["method", "P@1", "R@4", "MAP@R", "NMI", "epochs", "wall time (s)", "notes"] and len(rows) == 4
     assert rows[0]["method"].startswith("raw pixels") and rows[1]["method"].startswith("untrained network (epoch 0")
     assert rows[1]["epochs"] == "0"
     # The raw-pixel row is the data itself as the embedding, scored as PML scores it.

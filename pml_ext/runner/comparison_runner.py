@@ -32,7 +32,7 @@ __all__ = ["ComparisonRunner"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 MARKER = ".pml_ext_main_job"
-TABLE_COLUMNS = ("P@1", "MAP@R", "NMI")
+TABLE_COLUMNS = ("P@1", "R@4", "MAP@R", "NMI")
 # The bundled config files each main-job data set selects, and how the table names it.
 MAIN_JOB_DATASETS = {
     "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"]},

@@ -10,6 +10,7 @@ ITERATION = "~iteration~"  # record-keeper's column for the x value of every rec
 # record-keeper column -> table header, in display order
 _SHORT_NAMES = {
     "precision_at_1": "P@1",
+    "recall_at_4": "R@4",
     "mean_average_precision_at_r": "MAP@R",
     "r_precision": "R-prec",
     "NMI": "NMI",

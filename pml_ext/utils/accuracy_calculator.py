@@ -18,20 +18,23 @@ from ._isometry import (class_grouped_violations, dissimilarity, embedding_scale
                         unnormalized, violations)
 from .checks import check_positive
 
-__all__ = ["AccuracyCalculator", "DIAGNOSTIC_METRICS"]
+__all__ = ["AccuracyCalculator", "DIAGNOSTIC_METRICS", "RECALL_METRICS"]
 
 _ISOMETRY_METRICS = ("isometry_defect", "isometry_defect_max")
 _SPREAD_METRICS = ("embedding_spread", "relative_embedding_spread", "intrinsic_dimensionality")
 _RAW_SPREAD_METRICS = tuple("raw_" + name for name in _SPREAD_METRICS)
+#: Recall@k as deep metric learning papers report it: a query scores 1 when any of its k
+#: nearest references shares its label (R@1 is PML's precision_at_1).
+RECALL_METRICS = ("recall_at_2", "recall_at_4", "recall_at_8")
 #: The metrics this class adds to PML's; each is computed only when named in ``include=``.
-DIAGNOSTIC_METRICS = _ISOMETRY_METRICS + _SPREAD_METRICS + _RAW_SPREAD_METRICS
+DIAGNOSTIC_METRICS = _ISOMETRY_METRICS + _SPREAD_METRICS + _RAW_SPREAD_METRICS + RECALL_METRICS
 # The get_accuracy kwargs each group needs (absent when _get_accuracy is called directly).
 _NEEDS = {_ISOMETRY_METRICS: ("query", "query_labels", "reference", "reference_labels", "ref_includes_query"),
           _SPREAD_METRICS: ("query",), _RAW_SPREAD_METRICS: ("query",)}
 
 
 class AccuracyCalculator(pml_ac.AccuracyCalculator):
-    """PML's ``AccuracyCalculator`` with eight opt-in diagnostic metrics; a drop-in for PML's.
+    """PML's ``AccuracyCalculator`` with opt-in Recall@k and diagnostic metrics; a drop-in for PML's.
 
     The rule: a diagnostic is computed only when its name is passed in ``include=``, either
     the constructor's (then every ``get_accuracy`` call computes it by default) or
@@ -44,6 +47,9 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
     (``query``, and for the isometry defect ``query_labels``, ``reference``,
     ``reference_labels``, ``ref_includes_query``); without them it raises ``ValueError``.
 
+    - ``recall_at_2``, ``recall_at_4``, ``recall_at_8``: Recall@k of the deep metric
+      learning papers, the share of queries with a same-label reference among their k
+      nearest (lone queries skipped, as for PML's ``precision_at_1``, which is R@1).
     - ``isometry_defect``: the mean over queries of
       ``v_a = [max_p D(a,p) - min_n D(a,n) + margin]_+``, positives and negatives taken in
       the reference set (the query itself excluded when ``ref_includes_query``). Queries
@@ -123,6 +129,29 @@ class AccuracyCalculator(pml_ac.AccuracyCalculator):
         return super().get_function_dict(include, exclude)
 
     # ---- metrics (PML finds them by the ``calculate_`` prefix) -------------------------
+
+    def requires_knn(self) -> list[str]:
+        return super().requires_knn() + list(RECALL_METRICS)
+
+    def _recall_at(self, k: int, knn_labels, query_labels, not_lone_query_mask):
+        if knn_labels.shape[1] < k:
+            raise ValueError(f"recall_at_{k} needs at least {k} neighbours per query; the calculator's k "
+                             f"gave {knn_labels.shape[1]} (pass k >= {k} or k='max_bin_count')")
+        knn_labels, query_labels = pml_ac.try_getting_not_lone_labels(knn_labels, query_labels, not_lone_query_mask)
+        if knn_labels is None:
+            return pml_ac.zero_accuracy(query_labels, self.return_per_class)
+        same = self.label_comparison_fn(query_labels[:, None], knn_labels[:, :k])
+        hit = torch.any(same, dim=1).type(torch.float64)
+        return pml_ac.maybe_get_avg_of_avgs(hit, query_labels, self.avg_of_avgs, self.return_per_class)
+
+    def calculate_recall_at_2(self, knn_labels, query_labels, not_lone_query_mask, **kwargs):
+        return self._recall_at(2, knn_labels, query_labels, not_lone_query_mask)
+
+    def calculate_recall_at_4(self, knn_labels, query_labels, not_lone_query_mask, **kwargs):
+        return self._recall_at(4, knn_labels, query_labels, not_lone_query_mask)
+
+    def calculate_recall_at_8(self, knn_labels, query_labels, not_lone_query_mask, **kwargs):
+        return self._recall_at(8, knn_labels, query_labels, not_lone_query_mask)
 
     def calculate_isometry_defect(self, query_labels, isometry_defects, **kwargs):
         v, valid = isometry_defects
