@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from pytorch_metric_learning.utils import common_functions as c_f
 
+from ..utils.checks import check_int
 from ..utils.distributed import mean_across_ranks
 from .control_rule import ControlRule
 from .controller_state import parse_state
@@ -124,21 +125,15 @@ class AdaptiveController(PMLTrainerHooks):
             raise TypeError(f"rule must be a str or a ControlRule, got {type(rule).__name__}")
         self.rule = rule
 
-        if isinstance(window, bool) or not isinstance(window, int):
-            raise TypeError(f"window must be an int, got {type(window).__name__}")
-        if window < 2:
+        if check_int(window, "window") < 2:
             raise ValueError(f"window must be >= 2 (a line needs two epochs), got {window}")
-        self.window = window
+        self.window = int(window)
 
         self.bounds = check_bounds(bounds)
         #: The range in force: ``bounds`` if given, else the attribute's declared effective range.
         self.limits = self.bounds if self.bounds is not None else declared_range(self._owner, self._name)
 
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int):
-            raise TypeError(f"start_epoch must be an int, got {type(start_epoch).__name__}")
-        if start_epoch < 1:
-            raise ValueError(f"start_epoch must be >= 1, got {start_epoch}")
-        self.start_epoch = start_epoch
+        self.start_epoch = check_int(start_epoch, "start_epoch", 1)
 
         if direction is not None and direction not in _DIRECTIONS:
             raise ValueError(f"direction must be 'increasing', 'decreasing' or None, got {direction!r}")

@@ -18,6 +18,8 @@ __all__ = ["parse_state"]
 def _num(value: Any, name: str, nan: bool = False, positive: bool = False,
          fraction: bool = False) -> float:
     """A float that is finite (or NaN when ``nan``), > 0 when ``positive``, in [0, 1] when ``fraction``."""
+    if isinstance(value, (str, bytes)):  # float("0.2") would accept it
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     v = as_number(value, name)
     if math.isnan(v):
         if nan:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_finite, check_int, check_positive
+
 __all__ = ["ann_quality"]
 
 
@@ -63,11 +65,14 @@ def ann_quality(exact_distances: torch.Tensor, exact_indices: torch.Tensor,
         if approx_ranks.shape != approx_indices.shape:
             raise ValueError(f"approx_ranks must have approx_indices' shape {tuple(approx_indices.shape)}, "
                              f"got {tuple(approx_ranks.shape)}")
-    if num_points is not None and (isinstance(num_points, bool) or int(num_points) < 1):
-        raise ValueError(f"num_points must be a positive integer, got {num_points}")
+    if num_points is not None:
+        num_points = check_int(num_points, "num_points", 1)
+    # Padding (index -1) may carry inf distances, as FAISS gives them; real entries may not.
+    check_finite(exact_distances[exact_indices >= 0], "exact_distances")
+    check_finite(approx_distances[approx_indices >= 0], "approx_distances")
     for name, value in (("exact_time", exact_time), ("approx_time", approx_time)):
-        if value is not None and not float(value) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        if value is not None:
+            check_positive(value, name, allow_zero=True)
 
     exact_idx, approx_idx = exact_indices.long().cpu(), approx_indices.long().cpu()
     exact_d, approx_d = exact_distances.double().cpu(), approx_distances.double().cpu()
@@ -129,5 +134,6 @@ def _check_matrix(value, name: str, want_float: bool) -> None:
         raise ValueError(f"{name} must be 2-D [Q, k], got shape {tuple(value.shape)}")
     if want_float and not value.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {value.dtype}")
+
     if not want_float and (value.is_floating_point() or value.dtype == torch.bool):
         raise TypeError(f"{name} must have an integer dtype, got {value.dtype}")
