@@ -171,6 +171,20 @@ def test_empty_batch_gives_empty_tuples_from_every_miner(miner_cls, ref):
     assert len(out) == 3 and all(t.shape == (0,) and t.dtype == torch.long for t in out)
 
 
+@pytest.mark.parametrize("miner_cls", MINERS + [TripletMarginMiner])
+def test_empty_reference_gives_empty_tuples_from_every_miner(miner_cls):
+    emb, labels = batch()
+    out = miner_cls()(emb.detach(), labels, torch.empty(0, D), torch.empty(0, dtype=torch.long))
+    assert len(out) == 3 and all(t.shape == (0,) and t.dtype == torch.long for t in out)
+
+
+@pytest.mark.parametrize("loss_cls", LOSSES + [pml_losses.TripletMarginLoss])
+def test_empty_reference_gives_a_zero_loss_connected_to_the_graph(loss_cls):
+    emb, labels = batch()
+    _assert_connected_zero(loss_cls()(emb, labels, ref_emb=torch.empty(0, D),
+                                      ref_labels=torch.empty(0, dtype=torch.long)), emb)
+
+
 def test_smart_miner_nan_error_names_the_users_embeddings():
     with pytest.raises(ValueError, match=r"^embeddings contains NaN") as info:
         SmartMiner()(with_value(float("nan")), batch()[1])
@@ -295,3 +309,13 @@ def test_a_valid_state_still_round_trips():
     ctrl.step()
     ctrl.load_state_dict(saved.state_dict())
     assert miner.margin == saved.setting and ctrl.epoch == saved.epoch and ctrl.history == saved.history
+
+
+def test_smart_miner_checks_index_arguments_but_not_the_in_batch_distance():
+    """LpDistance(p=1) cannot be indexed by FAISS, but in-batch mining takes it (docs/smart_mining.md)."""
+    from pytorch_metric_learning.distances import LpDistance
+    emb, labels = torch.randn(9, D, generator=torch.Generator().manual_seed(0)), torch.arange(9) // 3
+    a, p, n = SmartMiner(distance=LpDistance(p=1))(emb, labels)
+    assert len(a) > 0 and bool((labels[a] == labels[p]).all()) and bool((labels[a] != labels[n]).all())
+    with pytest.raises(ValueError, match="seed"):
+        SmartMiner(seed=2**31)

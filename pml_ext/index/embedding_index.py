@@ -27,11 +27,10 @@ from pytorch_metric_learning.utils.inference import FaissKNN, mask_reshape_knn_i
 
 from ..utils.ann_quality import ann_quality
 from ..utils.checks import check_embeddings, check_int, check_labels
-from .faiss_params import check_faiss_params, check_for_data, check_num_threads, check_seed
+from .faiss_params import METHODS, check_faiss_params, check_for_data, check_num_threads, check_seed
 
 __all__ = ["EmbeddingIndex"]
 
-METHODS = ("auto", "exact", "hnsw", "ivf")
 
 # "auto" switches from exact to HNSW at this many indexed points. Measured by
 # benchmarks/bench_index.py --threshold (d=64, k=32; benchmarks/results/index.md): a flat

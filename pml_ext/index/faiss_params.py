@@ -20,8 +20,10 @@ from typing import Any
 
 from ..utils.checks import check_int
 
-__all__ = ["PARAM_LIMITS", "MAX_THREADS", "MAX_SEED", "check_faiss_params", "check_num_threads",
+__all__ = ["METHODS", "check_index_args", "PARAM_LIMITS", "MAX_THREADS", "MAX_SEED", "check_faiss_params", "check_num_threads",
            "check_seed", "check_for_data"]
+
+METHODS = ("auto", "exact", "hnsw", "ivf")
 
 # name -> (lowest, highest) accepted value, per method.
 PARAM_LIMITS: dict[str, dict[str, tuple[int, int]]] = {
@@ -56,6 +58,17 @@ def check_faiss_params(method: str, params: dict[str, Any]) -> dict[str, int | N
         lo, hi = allowed[name]
         checked[name] = check_int(value, name, lo, hi)
     return checked
+
+
+def check_index_args(method: Any, params: dict[str, Any], seed: Any = 0,
+                     num_threads: Any = None) -> dict[str, int | None]:
+    """Everything ``EmbeddingIndex`` checks except the distance: for owners that build an
+    index later (``SmartMiner``) and must fail at start-up. Returns the checked params."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_seed(seed)
+    check_num_threads(num_threads)
+    return check_faiss_params(method, params)
 
 
 def check_num_threads(num_threads: Any) -> int | None:

@@ -7,6 +7,7 @@ from typing import ClassVar
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
+from ..index.faiss_params import check_index_args
 from ..utils.checks import check_embeddings, check_int, check_labels, check_miner_inputs, check_positive
 from ..utils.distributed import gather_training_set
 from ..utils.squared_euclidean import check_rule_distance, pair_values, squared_euclidean
@@ -74,13 +75,11 @@ class SmartMiner(BaseMiner):
         check_positive(margin, "margin", allow_zero=True)
         k = check_int(k, "k", 1)
         seed = check_int(seed, "seed", 0, 2**31 - 2)
-        # Checked now (a throw-away EmbeddingIndex, no FAISS call), so a bad config fails at
-        # start-up, not at the first update after the warm-up epochs.
-        from ..index.embedding_index import EmbeddingIndex
-
+        # Checked now, so a bad config fails at start-up, not at the first update after the
+        # warm-up epochs. The distance is not: in-batch mining also takes LpDistance(p != 2).
         if index_params is not None and not isinstance(index_params, dict):
             raise TypeError(f"index_params must be a dict or None, got {type(index_params).__name__}")
-        EmbeddingIndex(method=index_method, distance=self.distance, seed=seed, **(index_params or {}))
+        check_index_args(index_method, index_params or {}, seed)
         self.kappa = kappa
         self.margin = float(margin)
         self.k = int(k)
@@ -122,6 +121,11 @@ class SmartMiner(BaseMiner):
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         """``(a, p, n)``: ``LongTensor[T]`` each, rows of ``embeddings`` / ``ref_emb``."""
         same_set = ref_emb is embeddings
+        if embeddings.shape[0] == 0 or ref_emb.shape[0] == 0:  # empty tuples, as PML's miners give
+            self._set_counts(dict.fromkeys(self._counts, 0.0))
+            self.fraction_active = 0.0
+            empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
+            return empty, empty, empty
         if self.batch_layout:
             return self._layout_triplets(embeddings, labels, same_set)
         sq = squared_euclidean(self.distance(embeddings, ref_emb), self.distance)
