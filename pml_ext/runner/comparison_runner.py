@@ -119,32 +119,23 @@ class ComparisonRunner:
         import tqdm
 
         rows, curves, skipped, untrained, raw = [], {}, [], None, None
-        methods = self.methods()
-        for method in tqdm.tqdm(methods, desc="main job: methods"):
+        for method in tqdm.tqdm(self.methods(), desc="main job: methods"):
             if method["missing"]:
                 skipped.append(f"{method['name']} (needs pml_ext.{', pml_ext.'.join(method['missing'])})")
                 LOGGER.info("Skipping %s: not available yet", skipped[-1])
                 continue
-            self._fresh_folder(method["key"])
-            LOGGER.info("Main job: %s", method["name"])
-            start = time.time()
-            runner = ExperimentRunner(method["key"], root_experiment_folder=self.folder,
-                                      root_config_folder=self.root_config_folder, config_names=self.config_names,
-                                      overrides=list(method["config"].items()) + self.overrides,
-                                      registry=self.registry)
-            summary = runner.run()
-            elapsed = time.time() - start
-            scheme_rows = summary.get("rows", [])
-            final = max((r for r in scheme_rows if r["epoch"] >= 0), key=lambda r: r["epoch"], default={})
-            if untrained is None:
-                # Every method starts from the same seeded initialisation: its epoch 0 is the reference.
+            # Every method starts from the same seeded initialisation, so the untrained network is
+            # evaluated once, by the first method (two evaluations saved per later method).
+            first = not rows
+            runner, summary, row = self._run_method(method, check_untrained=first)
+            scheme_rows = [r for r in summary.get("rows", []) if r["epoch"] >= 0]
+            if first:
                 untrained = next((r for r in scheme_rows if r["epoch"] == 0), None)
                 raw = self.raw_pixels(runner)
-            rows.append({"method": method["name"], **{c: final.get(c) for c in TABLE_COLUMNS},
-                         "epochs": max((s["last_epoch"] for s in summary["schemes"].values()), default=0),
-                         "wall time (s)": round(elapsed, 1), "notes": self.notes(runner, summary)})
-            curves[method["name"]] = ([r["epoch"] for r in scheme_rows if r["epoch"] >= 0],
-                                      [r.get("MAP@R") for r in scheme_rows if r["epoch"] >= 0])
+            elif untrained is not None and not any(r["epoch"] == 0 for r in scheme_rows):
+                scheme_rows = [untrained] + scheme_rows
+            rows.append(row)
+            curves[method["name"]] = ([r["epoch"] for r in scheme_rows], [r.get("MAP@R") for r in scheme_rows])
         if untrained is not None:
             rows.insert(0, {"method": "untrained network (epoch 0, the same for every method)",
                             **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None,
@@ -159,6 +150,23 @@ class ComparisonRunner:
 
             pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
         return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder}
+
+    def _run_method(self, method: dict, check_untrained: bool) -> tuple[ExperimentRunner, dict, dict]:
+        """Train one method in a fresh folder; returns its runner, summary and table row."""
+        self._fresh_folder(method["key"])
+        LOGGER.info("Main job: %s", method["name"])
+        start = time.time()
+        skip_untrained = [] if check_untrained else [("check_untrained_accuracy", False)]
+        runner = ExperimentRunner(method["key"], root_experiment_folder=self.folder,
+                                  root_config_folder=self.root_config_folder, config_names=self.config_names,
+                                  overrides=list(method["config"].items()) + skip_untrained + self.overrides,
+                                  registry=self.registry)
+        summary = runner.run()
+        final = max((r for r in summary.get("rows", []) if r["epoch"] >= 0), key=lambda r: r["epoch"], default={})
+        row = {"method": method["name"], **{c: final.get(c) for c in TABLE_COLUMNS},
+               "epochs": max((s["last_epoch"] for s in summary["schemes"].values()), default=0),
+               "wall time (s)": round(time.time() - start, 1), "notes": self.notes(runner, summary)}
+        return runner, summary, row
 
     @staticmethod
     def notes(runner: ExperimentRunner, summary: dict) -> str:
