@@ -58,7 +58,7 @@ def render_part() -> list[str]:
 
 
 def run_seeds(seeds, methods=None, methods_folder=None, overrides=(), dataset="glyphs"):
-    """``{seed: (rows, total wall time)}`` from one ComparisonRunner run per seed."""
+    """``{seed: (rows, total wall time, histories)}`` from one ComparisonRunner run per seed."""
     from pml_ext.runner.comparison_runner import ComparisonRunner
 
     out = {}
@@ -68,7 +68,7 @@ def run_seeds(seeds, methods=None, methods_folder=None, overrides=(), dataset="g
             start = time.perf_counter()
             result = ComparisonRunner(root_experiment_folder=folder, methods=methods, methods_folder=methods_folder,
                                       overrides=[("seed", seed), *overrides], dataset=dataset).run()
-            out[seed] = (result["rows"], time.perf_counter() - start)
+            out[seed] = (result["rows"], time.perf_counter() - start, result["histories"])
             print(f"seed {seed}: {out[seed][1]:.0f} s\n{result['table']}", flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -87,14 +87,14 @@ def _mean_sd(values: list) -> str:
 def summarize(by_seed: dict, metrics=METRICS, extra_columns=()) -> list[str]:
     """A markdown table: one row per method, mean ± sd over the seeds of each metric."""
     methods = []
-    for rows, _ in by_seed.values():
+    for rows, *_ in by_seed.values():
         methods += [r["method"] for r in rows if r["method"] not in methods]
-    columns = [m for m in metrics if any(m in r for rows, _ in by_seed.values() for r in rows)]
+    columns = [m for m in metrics if any(m in r for rows, *_ in by_seed.values() for r in rows)]
     columns += list(extra_columns)
     lines = ["| method | " + " | ".join(columns) + " | wall time (s) |",
              "|---|" + "---|" * (len(columns) + 1)]
     for method in methods:
-        picked = [next((r for r in rows if r["method"] == method), {}) for rows, _ in by_seed.values()]
+        picked = [next((r for r in rows if r["method"] == method), {}) for rows, *_ in by_seed.values()]
         cells = [_mean_sd([p.get(c) for p in picked]) for c in columns]
         cells.append(_mean_sd([p.get("wall time (s)") for p in picked]).replace(".0000", ""))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -103,7 +103,7 @@ def summarize(by_seed: dict, metrics=METRICS, extra_columns=()) -> list[str]:
 
 def main_part(seeds) -> list[str]:
     by_seed = run_seeds(seeds)
-    totals = ", ".join(f"{t:.0f}" for _, t in by_seed.values())
+    totals = ", ".join(f"{t:.0f}" for _, t, _ in by_seed.values())
     lines = ["## The main job over seeds", "",
              f"`ComparisonRunner` on glyphs (the bundled configs: GlyphCNN + 64-d embedder, Adam 1e-3, batch 64, "
              f"the epochs of config_general/glyphs.yaml), seeds {', '.join(map(str, seeds))}; final epoch, test "

@@ -197,7 +197,7 @@ def test_bad_arguments_name_the_argument(shared_cache, kwargs, match):
 
 def test_glyph_cnn_shapes_and_errors():
     model = pml_ext.GlyphCNN()
-    assert model(torch.zeros(3, 1, 32, 32)).shape == (3, 128)
+    assert model(torch.zeros(3, 1, 32, 32)).shape == (3, 128) and len(model.channels) == 3
     assert pml_ext.GlyphCNN(channels=[8, 16], strides=[2, 2])(torch.zeros(2, 1, 32, 32)).shape == (2, 16)
     with pytest.raises(ValueError, match="strides must give 1 or 2"):
         pml_ext.GlyphCNN(channels=[8, 16], strides=[2])

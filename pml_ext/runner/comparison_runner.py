@@ -115,10 +115,14 @@ class ComparisonRunner:
         open(os.path.join(self.folder, MARKER), "w").close()
 
     def run(self) -> dict:
-        """Run the methods; returns ``{"rows", "table", "plot", "skipped", "folder"}``."""
+        """Run the methods; returns ``{"rows", "table", "plot", "skipped", "folder", "histories"}``.
+
+        ``histories[method]`` holds the per-epoch ``metrics`` rows (epoch 0 = untrained), the
+        sampler's recorded statistics (``sampler_history``) and the controlled settings
+        (``settings_history``)."""
         import tqdm
 
-        rows, curves, skipped, untrained, raw = [], {}, [], None, None
+        rows, curves, skipped, untrained, raw, histories = [], {}, [], None, None, {}
         for method in tqdm.tqdm(self.methods(), desc="main job: methods"):
             if method["missing"]:
                 skipped.append(f"{method['name']} (needs pml_ext.{', pml_ext.'.join(method['missing'])})")
@@ -136,6 +140,9 @@ class ComparisonRunner:
                 scheme_rows = [untrained] + scheme_rows
             rows.append(row)
             curves[method["name"]] = ([r["epoch"] for r in scheme_rows], [r.get("MAP@R") for r in scheme_rows])
+            histories[method["name"]] = {"metrics": scheme_rows, **{
+                key: [h for info in summary["schemes"].values() for h in info.get(key, [])]
+                for key in ("sampler_history", "settings_history")}}
         if untrained is not None:
             rows.insert(0, {"method": "untrained network (epoch 0, the same for every method)",
                             **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None,
@@ -149,7 +156,8 @@ class ComparisonRunner:
             import pandas as pd
 
             pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
-        return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder}
+        return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder,
+                "histories": histories}
 
     def _run_method(self, method: dict, check_untrained: bool) -> tuple[ExperimentRunner, dict, dict]:
         """Train one method in a fresh folder; returns its runner, summary and table row."""

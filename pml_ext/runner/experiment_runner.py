@@ -495,6 +495,7 @@ class ExperimentRunner:
         info.update(best_epoch=best_epoch, best_accuracy=best)
         accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
         settings = self._settings_history(record_keeper)
+        info["settings_history"] = settings
         return info, {"primary_metric": hooks.primary_metric, "accuracies": accuracies,
                       "losses": hooks.get_loss_history(), "settings": settings}
 
