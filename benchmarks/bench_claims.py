@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument("--table", choices=("lifted", "smart", "collapse"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default: the main job's (collapse: 2)")
+    parser.add_argument("--methods", nargs="+", default=None, help="only these method keys of the table")
+    parser.add_argument("--save_interval", type=int, default=None,
+                        help="evaluate every N epochs (default: the main job's; smart: 2, for epochs-to-reach)")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 8, 32])
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[32, 256, 1024])
     args = parser.parse_args()
@@ -146,9 +149,11 @@ def main() -> None:
         lines += collapse_table(args.seeds, args.epochs or 2, args.dims, args.batch_sizes)
     else:
         epochs = args.epochs
-        folder = methods_folder(TABLES[args.table])
+        interval = args.save_interval or (2 if args.table == "smart" else None)
+        folder = methods_folder(args.methods or TABLES[args.table])
         # 1 thread: the tables run side by side, and 2 OpenMP threads beside a busy process crawl
-        overrides = [("num_threads", 1)] + ([("num_epochs_train", epochs)] if epochs else [])
+        overrides = [("num_threads", 1)] + ([("num_epochs_train", epochs)] if epochs else []) + \
+            ([("save_interval", interval)] if interval else [])
         by_seed = run_seeds(args.seeds, methods_folder=folder, overrides=overrides)
         shutil.rmtree(folder, ignore_errors=True)
         lines += summarize(by_seed)
