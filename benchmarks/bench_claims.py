@@ -41,6 +41,11 @@ EXTRA_METHODS = {
     "contrastive_all_pairs": {"name": "PML ContrastiveLoss (all pairs)", "order": 12, "config": {
         "loss_funcs~OVERRIDE~": {"metric_loss": {"ContrastiveLoss": {"pos_margin": 0, "neg_margin": 1}}},
         "mining_funcs~OVERRIDE~": {}}},
+    "lifted_paper_recipe": {"name": "pml_ext LiftedStructureLoss, the paper's recipe (raw embeddings, margin 1)",
+                            "order": 21, "config": {
+        "loss_funcs~OVERRIDE~": {"metric_loss": {"LiftedStructureLoss": {
+            "neg_margin": 1, "pos_margin": 0, "distance": {"LpDistance": {"normalize_embeddings": False}}}}},
+        "mining_funcs~OVERRIDE~": {}}},
     "triplet_all": {"name": "PML TripletMarginLoss (all triplets of the batch)", "order": 11, "config": {
         **TRIPLET, "mining_funcs~OVERRIDE~": {}}},
     "smart_random": {"name": "random triplets + global loss", "order": 31, "config": {
@@ -107,7 +112,8 @@ def collapse_table(seeds, epochs: int, dims, batch_sizes) -> list[str]:
                 (pathlib.Path(folder) / "m.yaml").write_text(yaml.safe_dump({"name": label, "config": {
                     **TRIPLET, "mining_funcs~OVERRIDE~": {"tuple_miner": miner},
                     "models": {"embedder~OVERRIDE~": {"MLP": {"layer_sizes": [dim]}}},
-                    "trainer~APPLY~2": {"batch_size": batch},
+                    # the same images per epoch in every cell: 8,192 (the main job's 128 batches of 64)
+                    "trainer~APPLY~2": {"batch_size": batch, "iterations_per_epoch": max(1, 8192 // batch)},
                     "tester": {"GlobalEmbeddingSpaceTester": {"accuracy_calculator~OVERRIDE~": {"AccuracyCalculator": {
                         "include": ["precision_at_1", "mean_average_precision_at_r", "embedding_spread"],
                         "k": "max_bin_count"}}}}}}))

@@ -75,13 +75,13 @@ def run_seeds(seeds, methods=None, methods_folder=None, overrides=(), dataset="g
     return out
 
 
-def _mean_sd(values: list) -> str:
+def _mean_sd(values: list, digits: int = 4) -> str:
     values = [v for v in values if v is not None and v == v]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def summarize(by_seed: dict, metrics=METRICS, extra_columns=()) -> list[str]:
@@ -96,7 +96,7 @@ def summarize(by_seed: dict, metrics=METRICS, extra_columns=()) -> list[str]:
     for method in methods:
         picked = [next((r for r in rows if r["method"] == method), {}) for rows, *_ in by_seed.values()]
         cells = [_mean_sd([p.get(c) for p in picked]) for c in columns]
-        cells.append(_mean_sd([p.get("wall time (s)") for p in picked]).replace(".0000", ""))
+        cells.append(_mean_sd([p.get("wall time (s)") for p in picked], digits=1))
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
