@@ -1,6 +1,6 @@
 """pml_ext.AccuracyCalculator (issue 6): isometry and collapse diagnostics next to PML's metrics.
 
-Oracles: brute-force loops over queries from the formula of v_a (METHODS.md section 3),
+Oracles: brute-force loops over queries from the formula of v_a (docs/isometric_mining.md),
 numpy pairwise distances for the distance distribution (section 4), PML's own
 AccuracyCalculator for PML's metrics.
 """

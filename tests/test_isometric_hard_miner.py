@@ -1,6 +1,6 @@
 """IsometricHardMiner (issue 6): statistics, the mining rule, the pool cap, errors, collapse.
 
-Oracles: brute-force loops over anchors written from the formulas in METHODS.md section 3,
+Oracles: brute-force loops over anchors written from the formulas in docs/isometric_mining.md,
 PML's own BatchHardMiner on the same inputs, and PML's training of the collapse experiment.
 """
 import math

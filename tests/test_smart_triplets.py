@@ -1,4 +1,4 @@
-"""smart_triplets against a per-anchor loop written straight from Algorithm 1 (METHODS.md section 2)."""
+"""smart_triplets against a per-anchor loop written straight from Algorithm 1 (docs/smart_mining.md)."""
 import pytest
 import torch
 

@@ -1,6 +1,6 @@
 """AdaptiveController: steer any numeric attribute of a miner (or any object) to a target error.
 
-Harwood et al. (ICCV 2017, METHODS.md section 2) tune smart mining's ``kappa`` online so
+Harwood et al. (ICCV 2017, docs/smart_mining.md) tune smart mining's ``kappa`` online so
 that the fraction of active triplets stays at a target. This class generalises that
 controller to any attribute of any module and plugs it into PML's trainers and
 ``HookContainer``. See docs/adaptive_controller.md.

@@ -16,7 +16,7 @@ class FractionActiveMeter(BaseMiner):
     PML's miners keep the tuples that are still "active" (e.g. ``TripletMarginMiner``
     keeps the triplets that violate its margin, i.e. have a non-zero triplet loss) but
     do not record how many that is out of all candidates. This is the training error
-    of smart mining's controller (METHODS.md section 2), for any PML miner:
+    of smart mining's controller (docs/smart_mining.md), for any PML miner:
 
     - triplet miners: ``len(a) / #{(a, p, n): y_a = y_p, a != p, y_a != y_n}``;
     - pair miners: ``(len(a1) + len(a2)) / (#positive pairs + #negative pairs)``.

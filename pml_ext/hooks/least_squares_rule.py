@@ -12,7 +12,7 @@ __all__ = ["LeastSquaresRule"]
 class LeastSquaresRule(ControlRule):
     """Fit ``setting = a * error + b`` over the window and propose ``a * target + b``.
 
-    This is Harwood et al.'s rule (METHODS.md section 2). The setting is regressed on the
+    This is Harwood et al.'s rule (docs/smart_mining.md). The setting is regressed on the
     error, not the other way round: once the settings have converged, noise in the
     errors flattens the fitted slope, and the proposal tends to the mean recent setting
     instead of amplifying the noise.

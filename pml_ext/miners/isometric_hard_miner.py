@@ -1,5 +1,5 @@
 """IsometricHardMiner: batch-hard mining that measures its own Hausdorff-like objective
-and steers away from network collapse (Xu et al., METHODS.md section 3).
+and steers away from network collapse (Xu et al., docs/isometric_mining.md).
 
 See docs/isometric_mining.md for the rule, its thresholds and the experiments behind them.
 """

@@ -202,7 +202,7 @@ def smart_triplets(neighbor_indices: torch.Tensor, neighbor_distances: torch.Ten
                    kappa: float, generator: torch.Generator | None = None, *,
                    ref_labels: torch.Tensor | None = None, return_stats: bool = False,
                    return_mined_mask: bool = False):
-    """The epoch's triplets by smart mining's Algorithm 1 (METHODS.md section 2).
+    """The epoch's triplets by smart mining's Algorithm 1 (docs/smart_mining.md).
 
     Args:
         neighbor_indices: ``LongTensor[N, k]``, each anchor's k nearest neighbours,

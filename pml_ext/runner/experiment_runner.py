@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .epoch_updater import EpochUpdater, unwrap
 from .experiment_config import ExperimentConfig
-from .experiment_report import ITERATION, ExperimentReport
+from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
+from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
+from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
+                          sql_safe_record_keeper)
 
 __all__ = ["ExperimentRunner"]
 
@@ -63,67 +64,6 @@ REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimi
                  "loss_funcs": "config_loss_and_miners", "tester": "config_eval", "dataset": "config_dataset",
                  "split_manager": "config_dataset"}
 REFERENCE_SETS = ("compared_to_self", "compared_to_sets_combined", "compared_to_training_set")
-
-
-def _batch_getter(keys):
-    """PML's ``data_and_label_getter`` for batches that are ``(data, labels)`` or PB-style dicts."""
-    def getter(batch):
-        if isinstance(batch, dict):
-            if keys is None:
-                raise ValueError("the data set yields dicts: give split_manager data_and_label_getter_keys")
-            return batch[keys[0]], batch[keys[1]]
-        return batch
-    return getter
-
-
-def _sql_safe_record_keeper():
-    import record_keeper as rk
-
-    class SqlSafeRecordKeeper(rk.RecordKeeper):
-        """record-keeper names a group after the attribute path; the items of a ``ModuleList``
-        (``MultipleLosses(losses=[...])``) give names starting with a digit, which SQLite
-        rejects as table names. Those get an ``m`` prefix."""
-
-        def append_primitive(self, group, series, value, global_iteration):
-            if group and group[0].isdigit():
-                group = "m" + group
-            super().append_primitive(group, series, value, global_iteration)
-
-    return SqlSafeRecordKeeper
-
-
-class _WholeBatches(torch.utils.data.Sampler):
-    """The inner sampler's stream cut to whole batches, so that every rank's shard holds only
-    full batches and every rank runs the same number of iterations (a trailing partial
-    batch would be dropped by the DataLoader on one rank only)."""
-
-    wraps_sampler = True  # EpochUpdater looks through it
-
-    def __init__(self, sampler, batch_size: int):
-        self.sampler, self.batch_size = sampler, int(batch_size)
-
-    def __iter__(self):
-        flat = list(iter(self.sampler))
-        return iter(flat[: len(flat) - len(flat) % self.batch_size])
-
-    def __len__(self) -> int:
-        return len(self.sampler) - len(self.sampler) % self.batch_size
-
-    def update(self, *args, **kwargs):
-        return self.sampler.update(*args, **kwargs)
-
-
-def _recordable_statistics(obj) -> dict[str, float]:
-    """The numbers an object lists in PML's ``_record_these`` (e.g. ``SmartBatchSampler``'s mined share)."""
-    names = getattr(obj, "_record_these", None) or []
-    values = {name: getattr(obj, name, None) for name in names}
-    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 class ExperimentRunner:
@@ -333,7 +273,7 @@ class ExperimentRunner:
         if ignored:
             LOGGER.info("PB keys without effect in pml_ext's runner: %s", ", ".join(ignored))
         factory = ObjectFactory(config, self.registry)
-        _seed_all(general["seed"])
+        seed_all(general["seed"])
         train_data, eval_data = self.datasets(config, factory)
         manager = self.registry.build("split_manager", config.require("split_manager", "config_dataset"),
                                       config.source_of("split_manager"), "split_manager")
@@ -368,9 +308,9 @@ class ExperimentRunner:
         folder = os.path.join(self.experiment_folder, scheme_name)
         model_folder = os.path.join(folder, "saved_models")
         seed = general["seed"]
-        _seed_all(seed)
+        seed_all(seed)
         device = torch.device(general["device"]) if general["device"] else pml_cf.use_cuda_if_available()
-        getter = _batch_getter(manager.data_and_label_getter_keys)
+        getter = batch_getter(manager.data_and_label_getter_keys)
         all_labels = torch.as_tensor(manager.labels_of(train_data))
         train_idx = torch.as_tensor(indices["train"], dtype=torch.long)
         train_labels = all_labels[train_idx]
@@ -393,11 +333,11 @@ class ExperimentRunner:
         optimizers, lr_schedulers, clippers = factory.optimizers({**models, **loss_funcs})
 
         if distributed:
-            loss_funcs, mining_funcs, sampler = self._distribute(loss_funcs, mining_funcs, sampler,
-                                                                 len(train_set), batch_size, seed)
+            loss_funcs, mining_funcs, sampler = distribute(loss_funcs, mining_funcs, sampler, len(train_set),
+                                                           batch_size, seed, self.rank, self.world_size)
         updater = EpochUpdater(mining_funcs, sampler, controllers,
-                               lambda: self._embed_training_set(models, eval_sets["train"], train_labels,
-                                                                device, getter, distributed))
+                               lambda: embed_training_set(models, eval_sets["train"], train_labels, device,
+                                                          getter, self.rank, self.world_size, distributed))
 
         tester_name, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"),
                                                                config.source_of("tester"), "tester")
@@ -433,7 +373,7 @@ class ExperimentRunner:
         sampler_history: list[dict] = []
 
         def end_of_epoch(trainer):
-            sampler_stats = _recordable_statistics(unwrap(sampler))  # the epoch just trained, before refresh
+            sampler_stats = recordable_statistics(unwrap(sampler))  # the epoch just trained, before refresh
             settings = updater.end_of_epoch(trainer)
             keep_training = True
             if self.rank == 0:
@@ -446,7 +386,7 @@ class ExperimentRunner:
                 keep_training = eval_hook(trainer) is not False
             # Every rank must stop at the same epoch, or the others would wait forever in a collective.
             keep_training = broadcast_object(keep_training)
-            _seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
+            seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
             return keep_training
 
         trainer = self.registry.build(
@@ -463,14 +403,14 @@ class ExperimentRunner:
             trainer.controllers = updater.saveable_controllers
             hooks.saveable_trainer_objects.append("controllers")
         if distributed:
-            self._average_gradients_after_backward(trainer)
+            average_gradients_after_backward(trainer)
 
         start_epoch = 1
         if self.resume_training:
             start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
             if start_epoch > 1:
-                _seed_all(seed + 1000 * (start_epoch - 1))
+                seed_all(seed + 1000 * (start_epoch - 1))
                 if callable(getattr(unwrap(sampler), "set_epoch", None)):
                     unwrap(sampler).set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
                 updater.refresh()
@@ -494,7 +434,7 @@ class ExperimentRunner:
         best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation)
         info.update(best_epoch=best_epoch, best_accuracy=best)
         accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
-        settings = self._settings_history(record_keeper)
+        settings = settings_history(record_keeper)
         info["settings_history"] = settings
         return info, {"primary_metric": hooks.primary_metric, "accuracies": accuracies,
                       "losses": hooks.get_loss_history(), "settings": settings}
@@ -519,7 +459,7 @@ class ExperimentRunner:
                     tensorboard = SummaryWriter(log_dir=os.path.join(folder, "tensorboard_logs"))
                 except ImportError:
                     LOGGER.info("tensorboard is not installed: records go to CSV and SQLite only")
-            record_keeper = _sql_safe_record_keeper()(
+            record_keeper = sql_safe_record_keeper()(
                 tensorboard_writer=tensorboard, record_writer=writer,
                 attributes_to_search_for=pml_cf.list_of_recordable_attributes_list_names())
         spec = config.get("hook_container") or {"HookContainer": {}}
@@ -538,97 +478,9 @@ class ExperimentRunner:
         for epoch, trunk_only in ((-1, True), (0, False)):
             tester.use_trunk_output = trunk_only
             try:
-                todo = self._splits_not_yet_evaluated(hooks, tester, epoch, splits_to_eval) \
+                todo = splits_not_yet_evaluated(hooks, tester, epoch, splits_to_eval) \
                     if general["skip_eval_if_already_done"] else [(q, list(r)) for q, r in splits_to_eval]
                 if todo:
                     tester.test(eval_sets, epoch, models["trunk"], models["embedder"], todo)
             finally:
                 tester.use_trunk_output = False
-
-    @staticmethod
-    def _splits_not_yet_evaluated(hooks, tester, epoch: int, splits_to_eval: list) -> list:
-        """PML 2.x's ``HookContainer.run_tester_separately`` expects PB's old split names; this
-        is its skip rule for the ``(query, [references])`` form."""
-        todo = []
-        for query, refs in splits_to_eval:
-            if len(hooks.get_accuracies_of_epoch(tester, query, epoch)) == 0:
-                todo.append((query, list(refs)))
-        return todo
-
-    def _distribute(self, loss_funcs, mining_funcs, sampler, num_train: int, batch_size: int, seed: int):
-        from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
-
-        from ..samplers.distributed_shard_sampler import DistributedShardSampler
-
-        loss_funcs = {k: DistributedLossWrapper(v) for k, v in loss_funcs.items()}
-        mining_funcs = {k: DistributedMinerWrapper(v) for k, v in mining_funcs.items()}
-        if sampler is None:
-            # Every rank draws the same permutation from the same seed, then keeps its batches.
-            sampler = torch.utils.data.RandomSampler(range(num_train), generator=torch.Generator().manual_seed(seed))
-        if hasattr(sampler, "rank") and hasattr(sampler, "world_size"):
-            # Samplers with rank/world_size (SmartBatchSampler, HardNeighborSampler) already yield
-            # only this rank's batches; every rank must still run as many iterations.
-            if getattr(sampler, "drop_uneven", True) is False:
-                sampler.drop_uneven = True
-        else:
-            sampler = DistributedShardSampler(_WholeBatches(sampler, batch_size), batch_size, drop_uneven=True)
-        LOGGER.info("distributed: rank %d of %d; losses and miners wrapped with PML's distributed wrappers",
-                    self.rank, self.world_size)
-        return loss_funcs, mining_funcs, sampler
-
-    @staticmethod
-    def _average_gradients_after_backward(trainer) -> None:
-        """What DDP does, without wrapping the models (the tester and HookContainer see plain modules)."""
-        import torch.distributed as dist
-
-        original_backward = trainer.backward
-        params = [p for m in trainer.models.values() for p in m.parameters()]
-        params += [p for m in trainer.loss_funcs.values() if isinstance(m, torch.nn.Module) for p in m.parameters()]
-        world = dist.get_world_size()
-        for p in params:
-            dist.broadcast(p.data, src=0)
-
-        def backward():
-            original_backward()
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                    p.grad /= world
-
-        trainer.backward = backward
-
-    def _embed_training_set(self, models, dataset, labels: torch.Tensor, device, getter, distributed: bool):
-        """``(embeddings [N, d], labels [N])`` of the training set; each rank embeds a shard when distributed."""
-        import tqdm
-
-        from ..utils.distributed import gather_training_set
-
-        positions = torch.arange(len(dataset))
-        if distributed:
-            positions = positions[self.rank::self.world_size]
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions.tolist()),
-                                             batch_size=256, shuffle=False, num_workers=0)
-        was_training = {k: m.training for k, m in models.items()}
-        for m in models.values():
-            m.eval()
-        chunks = []
-        with torch.no_grad():
-            for batch in tqdm.tqdm(loader, desc="embedding the training set", leave=False):
-                data, _ = getter(batch)
-                chunks.append(models["embedder"](models["trunk"](data.to(device))).detach())
-        for k, m in models.items():
-            m.train(was_training[k])
-        embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 1, device=device)
-        if distributed:
-            return gather_training_set(embeddings, labels[positions].to(device), positions.to(device))
-        return embeddings, labels.to(device)
-
-    @staticmethod
-    def _settings_history(record_keeper) -> list[dict]:
-        table = "controller_settings"
-        if not record_keeper.table_exists(table):
-            return []
-        rows = record_keeper.query(f"SELECT * FROM {table}", return_dict=True)
-        epochs = rows.get(ITERATION, [])
-        names = [k for k in rows if k not in ("id", ITERATION)]
-        return [{"epoch": int(e), **{n: rows[n][i] for n in names}} for i, e in enumerate(epochs)]
