@@ -8,7 +8,7 @@ produced it and the date; this keeps them in one file, in a fixed order.
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
-ORDER = ["glyphs", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index", "smart", "controller",
+ORDER = ["glyphs", "glyph_cnn", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index", "smart", "controller",
          "isometric", "runner", "accuracy"]
 HEADER = """# Benchmark results
 

@@ -1,5 +1,6 @@
 """The glyph benchmark: determinism, the class-disjoint split, the look-alike rule, the cache,
 no network, shapes and ranges. Small character sets keep every render under a second."""
+import copy
 import os
 import socket
 
@@ -203,6 +204,25 @@ def test_glyph_cnn_shapes_and_errors():
         pml_ext.GlyphCNN(channels=[8, 16], strides=[2])
     with pytest.raises(ValueError, match="channels must be"):
         pml_ext.GlyphCNN(channels=[])
+
+
+def test_glyph_cnn_channels_last_matches_a_plain_nchw_stack():
+    """The NHWC layout is a speed choice only: outputs and gradients equal a plain NCHW
+    Sequential built from the same weights (float64, eval and train mode)."""
+    torch.manual_seed(0)
+    model = pml_ext.GlyphCNN(channels=[8, 16], strides=[2, 1]).double()
+    reference = torch.nn.Sequential(*[copy.deepcopy(m) for m in model]).double()
+    for p in reference.parameters():
+        p.data = p.data.contiguous()
+    images = torch.rand(5, 1, 32, 32, dtype=torch.float64)
+    for train in (True, False):
+        model.train(train), reference.train(train)
+        out, ref = model(images), reference(images)
+        torch.testing.assert_close(out, ref)
+        out.square().sum().backward(), ref.square().sum().backward()
+        for mine, theirs in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(mine.grad, theirs.grad)
+            mine.grad = theirs.grad = None
 
 
 def test_main_job_on_glyphs_end_to_end_with_the_cnn(shared_cache, tmp_path, capsys):

@@ -73,17 +73,23 @@ NESTED_KINDS = {
 
 
 def _import(dotted: str):
-    """A module or a module attribute by dotted name; ``None`` when it cannot be imported."""
+    """A module or a module attribute by dotted name; ``None`` when it cannot be imported.
+
+    An installed but broken package counts as absent: PyPI's torchvision beside a CPU build
+    of torch raises ``RuntimeError`` ("operator torchvision::nms does not exist") on import,
+    which must not stop the lookup of every other name."""
     try:
         return importlib.import_module(dotted)
     except ImportError:
         pass
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
     module_name, _, attr = dotted.rpartition(".")
     if not module_name:
         return None
     try:
         return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError):
+    except Exception:  # noqa: BLE001 - ImportError, AttributeError, or a broken package
         return None
 
 
