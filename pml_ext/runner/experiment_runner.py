@@ -23,13 +23,17 @@ from typing import Any, Mapping
 
 import torch
 
+from .checkpoint_store import CheckpointStore, trainer_objects
 from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .epoch_updater import EpochUpdater, unwrap
 from .experiment_config import ExperimentConfig
+from .experiment_lock import ExperimentLock
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
+from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
+                        remove_failed_start)
 from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
                           sql_safe_record_keeper)
@@ -85,8 +89,8 @@ class ExperimentRunner:
                  root_config_folder: str | None = None, config_names: Mapping | None = None,
                  overrides: Mapping | None = None, resume_training: str | None = None,
                  dataset_root: str = "datasets", registry: Registry | None = None):
-        if not isinstance(experiment_name, str) or not experiment_name or os.sep in experiment_name:
-            raise ValueError(f"experiment_name must be a non-empty folder name, got {experiment_name!r}")
+        check_experiment_name(experiment_name)
+        check_root_folder(root_experiment_folder)
         if resume_training not in (None, "latest"):
             raise ValueError(f"resume_training must be 'latest' or None, got {resume_training!r}")
         self.experiment_name = experiment_name
@@ -127,6 +131,9 @@ class ExperimentRunner:
                               f"must be null or an integer >= 1, got {out['num_threads']!r}")
         if not isinstance(out["seed"], int):
             raise ConfigError(config.source_of("seed"), "seed", f"must be an integer, got {out['seed']!r}")
+        out["device"] = check_device(out["device"], config.source_of("device"))
+        out["distributed_timeout_seconds"] = check_timeout(out["distributed_timeout_seconds"],
+                                                           config.source_of("distributed_timeout_seconds"))
         if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
             raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
                               "must be a non-empty list of split names")
@@ -199,19 +206,28 @@ class ExperimentRunner:
         """
         from ..utils.distributed import init_from_env, rank_and_world_size
 
-        config = self.read_config()
-        general = self.general(config)
-        self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
-        distributed = init_from_env(timeout_seconds=float(general["distributed_timeout_seconds"]))
-        self.rank, self.world_size = rank_and_world_size()
+        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        # One writer per folder: the lock comes before the "already exists" check, so two fresh starts cannot race.
+        lock = ExperimentLock(self.experiment_folder).acquire() if self.rank == 0 else None
         handler = self._start_logging()
-        restore_threads = self._set_threads(general["num_threads"])
+        restore_threads, general, distributed, wrote_config = (lambda: None), None, False, False
         try:
+            config = self.read_config()
+            general = self.general(config)
+            self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
+            distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"])
+            self.rank, self.world_size = rank_and_world_size()
+            restore_threads = self._set_threads(general["num_threads"])
             if self.rank == 0:
                 self._save_config(config)
+                wrote_config = not self.resume_training
             return self._run(config, general, distributed)
-        except RuntimeError as exc:
-            if distributed and any(w in str(exc).lower() for w in ("timed out", "timeout", "connection", "gloo")):
+        except BaseException as exc:
+            log_fatal_error(handler, exc)
+            if wrote_config:
+                remove_failed_start(self.experiment_folder)
+            if isinstance(exc, RuntimeError) and distributed and any(
+                    w in str(exc).lower() for w in ("timed out", "timeout", "connection", "gloo")):
                 raise RuntimeError(
                     f"rank {self.rank}: a collective with the other ranks failed ({exc}). Another rank "
                     f"probably failed; see its traceback. Each rank waits at most "
@@ -222,6 +238,8 @@ class ExperimentRunner:
             if handler is not None:
                 LOGGER.removeHandler(handler)
                 handler.close()
+            if lock is not None:
+                lock.release()
 
     @staticmethod
     def _set_threads(num_threads: int | None):
@@ -309,7 +327,7 @@ class ExperimentRunner:
         model_folder = os.path.join(folder, "saved_models")
         seed = general["seed"]
         seed_all(seed)
-        device = torch.device(general["device"]) if general["device"] else pml_cf.use_cuda_if_available()
+        device = general["device"] or pml_cf.use_cuda_if_available()
         getter = batch_getter(manager.data_and_label_getter_keys)
         all_labels = torch.as_tensor(manager.labels_of(train_data))
         train_idx = torch.as_tensor(indices["train"], dtype=torch.long)
@@ -384,6 +402,9 @@ class ExperimentRunner:
                     record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
                     record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
                 keep_training = eval_hook(trainer) is not False
+                if trainer.epoch % general["save_interval"] == 0:
+                    best_epoch = hooks.get_best_epoch_and_accuracy(tester, hooks.validation_split_name, (-1, 0))[0]
+                    store.save(int(trainer.epoch), trainer_objects(trainer, hooks.saveable_trainer_objects), best_epoch)
             # Every rank must stop at the same epoch, or the others would wait forever in a collective.
             keep_training = broadcast_object(keep_training)
             seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
@@ -404,17 +425,22 @@ class ExperimentRunner:
             hooks.saveable_trainer_objects.append("controllers")
         if distributed:
             average_gradients_after_backward(trainer)
+        # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
+        hooks.do_save_models = False
+        store = CheckpointStore(model_folder, os.path.join(folder, "saved_csvs") if self.rank == 0 else None,
+                                record_keeper.save_records if self.rank == 0 else None)
 
         start_epoch = 1
         if self.resume_training:
-            start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
+            start_epoch = store.resume(trainer_objects(trainer, hooks.saveable_trainer_objects), device,
+                                       clean_up=self.rank == 0) + 1
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
             if start_epoch > 1:
                 seed_all(seed + 1000 * (start_epoch - 1))
                 if callable(getattr(unwrap(sampler), "set_epoch", None)):
                     unwrap(sampler).set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
                 updater.refresh()
-        elif self.rank == 0 and general["check_untrained_accuracy"]:
+        if start_epoch == 1 and self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
 
         num_epochs = general["num_epochs_train"]

@@ -1,0 +1,99 @@
+"""Start-up checks of a run and what a run that fails leaves behind.
+
+- names and folders are checked before anything is created;
+- device and timeout values are checked before any object is built;
+- a fresh run that fails before completing its first checkpoint removes what it wrote
+  (configs, scheme folders), keeping ``run.log`` with the error, so the same command runs
+  again without ``already exists`` and a resume never reloads a config that failed;
+- the fatal error goes to ``run.log`` with its traceback (the console gets one ``error:`` line).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import shutil
+
+from .config_error import ConfigError
+
+__all__ = ["check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
+           "log_fatal_error"]
+
+LOGGER = logging.getLogger("pml_ext.runner")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
+KEEP_AFTER_FAILED_START = ("run.log", ".lock")
+
+
+def check_experiment_name(name) -> str:
+    """A plain folder name: letters, digits, ``_ . + = @ -``; no separators, no ``.``/``..``."""
+    if not isinstance(name, str) or not _PLAIN_NAME.match(name) or set(name) == {"."}:
+        raise ConfigError("command line", "--experiment_name",
+                          f"must be a plain folder name (letters, digits, _ . + = @ -, not starting with . or -), "
+                          f"got {name!r}")
+    return name
+
+
+def check_root_folder(path: str) -> None:
+    """``root_experiment_folder`` must be a folder or not exist yet (it is created)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError("command line", "--root_experiment_folder", f"{path} exists and is not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ConfigError("command line", "--root_experiment_folder", f"{parent} is a file, not a folder")
+
+
+def check_device(value, source: str):
+    """``device`` as a ``torch.device`` that exists on this machine (``None``: cuda when available)."""
+    import torch
+
+    if value is None:
+        return None
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(source, "device", f"{value!r} is not a device ({exc}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise ConfigError(source, "device", f"{value!r}: this machine has {count} CUDA device(s); "
+                                                f"use cpu or null")
+    elif device.type != "cpu" and not getattr(torch, device.type, None):
+        raise ConfigError(source, "device", f"{value!r}: no {device.type} backend in this torch build")
+    return device
+
+
+def check_timeout(value, source: str) -> float:
+    """``distributed_timeout_seconds``: a number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ConfigError(source, "distributed_timeout_seconds", f"must be a finite number of seconds > 0, "
+                                                                 f"got {value!r}")
+    return float(value)
+
+
+def has_checkpoint(experiment_folder: str) -> bool:
+    return bool(glob.glob(os.path.join(experiment_folder, "*", "saved_models", "checkpoint_*.json")))
+
+
+def remove_failed_start(experiment_folder: str) -> None:
+    """After a fresh run failed before any checkpoint: keep only ``run.log`` (and the lock)."""
+    if not os.path.isdir(experiment_folder) or has_checkpoint(experiment_folder):
+        return
+    for name in os.listdir(experiment_folder):
+        if name in KEEP_AFTER_FAILED_START:
+            continue
+        path = os.path.join(experiment_folder, name)
+        shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    LOGGER.info("The run failed before its first checkpoint: removed its configs and records; "
+                "the same command can run again")
+
+
+def log_fatal_error(handler: logging.Handler | None, exc: BaseException) -> None:
+    """Write ``exc`` with its traceback to ``run.log`` only (the console shows one ``error:`` line)."""
+    if handler is None:
+        return
+    record = LOGGER.makeRecord(LOGGER.name, logging.ERROR, __file__, 0, "error: %s", (exc,),
+                               (type(exc), exc, exc.__traceback__))
+    handler.handle(record)
