@@ -120,10 +120,11 @@ class ComparisonRunner:
         ``histories[method]`` holds the per-epoch ``metrics`` rows (epoch 0 = untrained), the
         sampler's recorded statistics (``sampler_history``) and the controlled settings
         (``settings_history``)."""
-        import tqdm
+        from .run_output import PROGRESS
 
         rows, curves, skipped, untrained, raw, histories = [], {}, [], None, None, {}
-        for method in tqdm.tqdm(self.methods(), desc="main job: methods"):
+        methods = self.methods()
+        for number, method in enumerate(methods, 1):
             if method["missing"]:
                 skipped.append(f"{method['name']} (needs pml_ext.{', pml_ext.'.join(method['missing'])})")
                 LOGGER.info("Skipping %s: not available yet", skipped[-1])
@@ -139,6 +140,8 @@ class ComparisonRunner:
             elif untrained is not None and not any(r["epoch"] == 0 for r in scheme_rows):
                 scheme_rows = [untrained] + scheme_rows
             rows.append(row)
+            PROGRESS.info("[%d/%d] %s: %d epochs, %.1f s", number, len(methods), method["name"], row["epochs"],
+                          row["wall time (s)"])
             curves[method["name"]] = ([r["epoch"] for r in scheme_rows], [r.get("MAP@R") for r in scheme_rows])
             histories[method["name"]] = {"metrics": scheme_rows, **{
                 key: [h for info in summary["schemes"].values() for h in info.get(key, [])]

@@ -32,6 +32,7 @@ from .experiment_lock import ExperimentLock
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
+from .run_output import EpochProgress
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
                         remove_failed_start)
 from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
@@ -402,9 +403,13 @@ class ExperimentRunner:
                     record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
                     record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
                 keep_training = eval_hook(trainer) is not False
+                score = ""
                 if trainer.epoch % general["save_interval"] == 0:
-                    best_epoch = hooks.get_best_epoch_and_accuracy(tester, hooks.validation_split_name, (-1, 0))[0]
+                    best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, hooks.validation_split_name, (-1, 0))
                     store.save(int(trainer.epoch), trainer_objects(trainer, hooks.saveable_trainer_objects), best_epoch)
+                    score = f"best {hooks.validation_split_name} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
+                    LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
+                progress.update(int(trainer.epoch), score)
             # Every rank must stop at the same epoch, or the others would wait forever in a collective.
             keep_training = broadcast_object(keep_training)
             seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
@@ -445,7 +450,11 @@ class ExperimentRunner:
 
         num_epochs = general["num_epochs_train"]
         if start_epoch <= num_epochs:
-            trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
+            progress = EpochProgress(f"{self.experiment_name}/{scheme_name}", start_epoch, num_epochs)
+            try:
+                trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
+            finally:
+                progress.close()
             last_epoch = int(trainer.epoch)
         else:
             LOGGER.info("%s: already trained for %d epochs (num_epochs_train=%d)", scheme_name,

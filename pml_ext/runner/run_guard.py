@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import glob
+import inspect
 import logging
 import os
 import re
@@ -17,8 +18,8 @@ import shutil
 
 from .config_error import ConfigError
 
-__all__ = ["check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
-           "log_fatal_error"]
+__all__ = ["check_number_kwargs", "check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
+           "log_fatal_error", "log_fatal_error_to"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
@@ -73,6 +74,20 @@ def check_timeout(value, source: str) -> float:
     return float(value)
 
 
+def check_number_kwargs(cls, kwargs: dict, source: str, where: str) -> None:
+    """A kwarg whose default is a number must be given a number (``margin: abc`` is an error here,
+    naming the file and key, not a ``TypeError`` in the middle of training)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    for name, value in kwargs.items():
+        default = params[name].default if name in params else None
+        is_number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if is_number and (isinstance(value, (str, bool)) or isinstance(value, (list, dict))):
+            raise ConfigError(source, f"{where}.{name}", f"must be a number (default {default}), got {value!r}")
+
+
 def has_checkpoint(experiment_folder: str) -> bool:
     return bool(glob.glob(os.path.join(experiment_folder, "*", "saved_models", "checkpoint_*.json")))
 
@@ -92,8 +107,25 @@ def remove_failed_start(experiment_folder: str) -> None:
 
 def log_fatal_error(handler: logging.Handler | None, exc: BaseException) -> None:
     """Write ``exc`` with its traceback to ``run.log`` only (the console shows one ``error:`` line)."""
-    if handler is None:
+    if handler is None or getattr(exc, "_pml_ext_logged", False):
         return
+    exc._pml_ext_logged = True  # the command line does not log it a second time
     record = LOGGER.makeRecord(LOGGER.name, logging.ERROR, __file__, 0, "error: %s", (exc,),
                                (type(exc), exc, exc.__traceback__))
     handler.handle(record)
+
+
+def log_fatal_error_to(experiment_folder: str | None, exc: BaseException) -> None:
+    """Append ``exc`` to ``<experiment_folder>/run.log`` when that folder exists (errors raised
+    before the run started, e.g. ``--register_module``), unless the run logged it already."""
+    from .experiment_lock import ExperimentLocked
+
+    if not experiment_folder or not os.path.isdir(experiment_folder) or getattr(exc, "_pml_ext_logged", False) \
+            or isinstance(exc, ExperimentLocked):  # that folder's run.log belongs to the run holding it
+        return
+    handler = logging.FileHandler(os.path.join(experiment_folder, "run.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    try:
+        log_fatal_error(handler, exc)
+    finally:
+        handler.close()
