@@ -1,6 +1,8 @@
 """Child of tests/test_checkpoint_faults.py: runs that SIGKILL themselves at one point of a checkpoint write.
 
     python checkpoint_kill_child.py ROOT EPOCH POINT [POINT ...]
+    python checkpoint_kill_child.py ROOT pause     # tests/test_experiment_lock.py
+
 
 Each POINT is ``file`` (after the first file), ``records`` (after the records) or ``marker``
 (after the marker) of the checkpoint of EPOCH; the wrapper patches the store's step function to
@@ -36,7 +38,19 @@ def kill_at(point: str, epoch: int):
     return reached
 
 
+def pause_after_epoch_1(self, where, epoch):
+    """Hold the run (and its lock) after epoch 1's checkpoint until a line arrives on stdin."""
+    if where == "marker" and epoch == 1:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+
 if __name__ == "__main__":
+    if sys.argv[2] == "pause":
+        checkpoint_store.CheckpointStore._reached = pause_after_epoch_1
+        ExperimentRunner("run", root_experiment_folder=sys.argv[1], overrides=OVERRIDES[:-1] + [
+            ("num_epochs_train", 2)]).run()
+        sys.exit(0)
     root, epoch, points = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     children = {}
     for point in points:
