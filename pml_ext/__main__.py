@@ -133,7 +133,7 @@ def run(argv: Sequence[str]) -> int:
                               root_config_folder=options.get("root_config_folder"),
                               dataset=None if dataset == "none" else dataset)
     result = runner.run()
-    print(f"\nMain job: {runner.title} (final epoch, test split)")
+    print(f"\nMain job: {runner.title} (test split, at the epoch each method's val split chose)")
     print(result["table"])
     for skipped in result["skipped"]:
         print(f"skipped: {skipped}")

@@ -33,7 +33,7 @@ from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
 from .run_output import EpochProgress
-from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
+from .run_guard import (validation_split, check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
                         remove_failed_start)
 from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
@@ -469,6 +469,8 @@ class ExperimentRunner:
         best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation)
         info.update(best_epoch=best_epoch, best_accuracy=best)
         accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
+        info["split_histories"] = {q: hooks.get_accuracy_history(tester, q, return_all_metrics=True)
+                                   for q, _ in splits_to_eval}
         settings = settings_history(record_keeper)
         info["settings_history"] = settings
         return info, {"primary_metric": hooks.primary_metric, "accuracies": accuracies,
@@ -499,7 +501,11 @@ class ExperimentRunner:
                 attributes_to_search_for=pml_cf.list_of_recordable_attributes_list_names())
         spec = config.get("hook_container") or {"HookContainer": {}}
         name, kwargs = self.registry.parse_spec(spec, config.source_of("hook_container"), "hook_container")
-        kwargs.setdefault("validation_split_name", splits_to_eval[0][0])
+        kwargs.setdefault("validation_split_name", validation_split(splits_to_eval, config.source_of("splits_to_eval")))
+        if kwargs["validation_split_name"].lower() == "test":
+            raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
+                              "'test' would choose models (best epoch, early stopping) on the test split; "
+                              "choose on a validation split of the training classes (e.g. val)")
         if kwargs["validation_split_name"] not in [q for q, _ in splits_to_eval]:
             raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
                               f"'{kwargs['validation_split_name']}' is not evaluated; splits_to_eval has "

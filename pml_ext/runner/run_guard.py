@@ -18,7 +18,7 @@ import shutil
 
 from .config_error import ConfigError
 
-__all__ = ["check_number_kwargs", "check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
+__all__ = ["validation_split", "check_number_kwargs", "check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
            "log_fatal_error", "log_fatal_error_to"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
@@ -72,6 +72,16 @@ def check_timeout(value, source: str) -> float:
         raise ConfigError(source, "distributed_timeout_seconds", f"must be a finite number of seconds > 0, "
                                                                  f"got {value!r}")
     return float(value)
+
+
+def validation_split(splits_to_eval: list, source: str) -> str:
+    """The split that chooses models by default: the first evaluated one that is not ``test``."""
+    for query, _ in splits_to_eval:
+        if query.lower() != "test":
+            return query
+    raise ConfigError(source, "splits_to_eval", "evaluates only the test split; models must be chosen on a "
+                                                "validation split of the training classes: add val (the split "
+                                                "manager's val_fraction or num_training_partitions > 1)")
 
 
 def check_number_kwargs(cls, kwargs: dict, source: str, where: str) -> None:

@@ -7,7 +7,6 @@ and tqdm bars of its trainer and tester only appear with ``--verbose``. A warnin
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import warnings
 
@@ -35,10 +34,29 @@ def configure_output(verbose: bool) -> None:
     LOGGER.setLevel(logging.INFO)  # run.log gets every message whatever the console shows
     logging.captureWarnings(True)
     warnings.filterwarnings("once")
-    if not verbose:
-        # PML's trainer and tester draw one tqdm bar per epoch and per evaluation, which without a
-        # terminal become hundreds of lines; tqdm reads its defaults from TQDM_* variables.
-        os.environ["TQDM_DISABLE"] = "1"
+    _quiet_bars(not verbose)
+
+
+def _quiet_bars(quiet: bool) -> None:
+    """PML's trainer and tester draw a tqdm bar per epoch and per evaluation (``tqdm.tqdm(...)``,
+    looked up at each call), which without a terminal become hundreds of lines. Quiet, ``tqdm.tqdm``
+    is a subclass whose bars are off unless a caller passes ``disable`` itself (as
+    :class:`EpochProgress` does)."""
+    import tqdm
+
+    original = getattr(tqdm.tqdm, "_pml_ext_original", tqdm.tqdm)
+    if not quiet:
+        tqdm.tqdm = original
+        return
+
+    class QuietTqdm(original):
+        _pml_ext_original = original
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("disable", True)
+            super().__init__(*args, **kwargs)
+
+    tqdm.tqdm = QuietTqdm
 
 
 class EpochProgress:
