@@ -168,7 +168,10 @@ class ComparisonRunner:
         if rows:
             import pandas as pd
 
-            pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
+            from .checkpoint_store import atomic_write
+
+            atomic_write(os.path.join(self.folder, "comparison.csv"),
+                         lambda f: pd.DataFrame(rows).to_csv(f, index=False), mode="w")
         return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder,
                 "histories": histories}
 
@@ -262,6 +265,9 @@ class ComparisonRunner:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        from .checkpoint_store import atomic_write
 
         fig, ax = plt.subplots(figsize=(8, 5))
         for name, (epochs, values) in curves.items():
@@ -271,10 +277,10 @@ class ComparisonRunner:
         ax.set_title(f"Main job: {self.title}", fontsize=9)
         ax.set_xlabel("epoch (0 = untrained network)")
         ax.set_ylabel("test MAP@R (classes unseen in training)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the curves
         path = os.path.join(self.folder, "comparison.png")
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
         plt.close(fig)
         return path
