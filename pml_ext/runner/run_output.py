@@ -7,6 +7,7 @@ and tqdm bars of its trainer and tester only appear with ``--verbose``. A warnin
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 
@@ -33,8 +34,17 @@ def configure_output(verbose: bool) -> None:
     root.setLevel(logging.INFO)
     LOGGER.setLevel(logging.INFO)  # run.log gets every message whatever the console shows
     logging.captureWarnings(True)
+    warnings.formatwarning = _one_line_warning
     warnings.filterwarnings("once")
+    if not verbose:
+        # PML's trainer formats its bar's text from a loss that still requires grad; with the bar off
+        # this says nothing a user can act on (and torch repeats it for every run of the main job).
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
     _quiet_bars(not verbose)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {category.__name__}: {message} ({os.path.basename(filename)}:{lineno})"
 
 
 def _quiet_bars(quiet: bool) -> None:
