@@ -32,6 +32,7 @@ from .experiment_lock import ExperimentLock
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
+from .rank_wait import RankZeroWait, describe_collective_failure
 from .run_output import EpochProgress
 from .run_guard import (validation_split, check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
                         remove_failed_start)
@@ -54,6 +55,7 @@ GENERAL_DEFAULTS = {
     "seed": 0,
     "device": None,
     "distributed_timeout_seconds": 300,
+    "distributed_eval_timeout_seconds": 86400,
     "num_threads": None,
     "splits_to_eval": ["val"],
 }
@@ -133,8 +135,8 @@ class ExperimentRunner:
         if not isinstance(out["seed"], int):
             raise ConfigError(config.source_of("seed"), "seed", f"must be an integer, got {out['seed']!r}")
         out["device"] = check_device(out["device"], config.source_of("device"))
-        out["distributed_timeout_seconds"] = check_timeout(out["distributed_timeout_seconds"],
-                                                           config.source_of("distributed_timeout_seconds"))
+        for key in ("distributed_timeout_seconds", "distributed_eval_timeout_seconds"):
+            out[key] = check_timeout(out[key], config.source_of(key), key)
         if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
             raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
                               "must be a non-empty list of split names")
@@ -227,12 +229,11 @@ class ExperimentRunner:
             log_fatal_error(handler, exc)
             if wrote_config:
                 remove_failed_start(self.experiment_folder)
-            if isinstance(exc, RuntimeError) and distributed and any(
-                    w in str(exc).lower() for w in ("timed out", "timeout", "connection", "gloo")):
-                raise RuntimeError(
-                    f"rank {self.rank}: a collective with the other ranks failed ({exc}). Another rank "
-                    f"probably failed; see its traceback. Each rank waits at most "
-                    f"{general['distributed_timeout_seconds']} s (distributed_timeout_seconds).") from exc
+            message = describe_collective_failure(exc, self.rank, general["distributed_timeout_seconds"],
+                                                  general["distributed_eval_timeout_seconds"]) \
+                if isinstance(exc, RuntimeError) and distributed and "rank " not in str(exc)[:8] else None
+            if message:
+                raise RuntimeError(message) from exc
             raise
         finally:
             restore_threads()
@@ -410,7 +411,9 @@ class ExperimentRunner:
                     score = f"best {hooks.validation_split_name} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
                     LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
                 progress.update(int(trainer.epoch), score)
-            # Every rank must stop at the same epoch, or the others would wait forever in a collective.
+            # Every rank must stop at the same epoch, or the others would wait forever in a collective;
+            # they wait for rank 0's evaluation and checkpoint first, on the long deadline.
+            rank_zero_wait.wait()
             keep_training = broadcast_object(keep_training)
             seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
             return keep_training
@@ -430,6 +433,7 @@ class ExperimentRunner:
             hooks.saveable_trainer_objects.append("controllers")
         if distributed:
             average_gradients_after_backward(trainer)
+        rank_zero_wait = RankZeroWait(general["distributed_timeout_seconds"], general["distributed_eval_timeout_seconds"])
         # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
         hooks.do_save_models = False
         store = CheckpointStore(model_folder, os.path.join(folder, "saved_csvs") if self.rank == 0 else None,
@@ -448,6 +452,7 @@ class ExperimentRunner:
         if start_epoch == 1 and self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
 
+        rank_zero_wait.wait()  # for rank 0's untrained-accuracy check
         num_epochs = general["num_epochs_train"]
         if start_epoch <= num_epochs:
             progress = EpochProgress(f"{self.experiment_name}/{scheme_name}", start_epoch, num_epochs)

@@ -66,11 +66,10 @@ def check_device(value, source: str):
     return device
 
 
-def check_timeout(value, source: str) -> float:
-    """``distributed_timeout_seconds``: a number > 0."""
+def check_timeout(value, source: str, key: str = "distributed_timeout_seconds") -> float:
+    """A timeout in seconds: a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise ConfigError(source, "distributed_timeout_seconds", f"must be a finite number of seconds > 0, "
-                                                                 f"got {value!r}")
+        raise ConfigError(source, key, f"must be a finite number of seconds > 0, got {value!r}")
     return float(value)
 
 
