@@ -52,6 +52,9 @@ def test_a_failed_start_then_the_same_command_fixed_runs(tmp_path, capsys, monke
     common = ["--experiment_name", "e", "--root_experiment_folder", str(tmp_path), *FAST]
     status, _ = run_cli(capsys, monkeypatch, *common, "--loss_funcs~APPLY~3", "{margin: abc}")
     assert status == 2
+    # as if a start had been killed (SIGKILL: no clean-up) after saving its config, before any record
+    (tmp_path / "e" / "configs").mkdir()
+    (tmp_path / "e" / "configs" / "config_general.yaml").write_text("broken: [")
     status, lines = run_cli(capsys, monkeypatch, *common)
     assert status == 0, lines
     assert (tmp_path / "e" / "configs" / "config_general.yaml").is_file()

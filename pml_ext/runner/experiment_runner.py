@@ -34,7 +34,7 @@ from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
 from .rank_wait import RankZeroWait, describe_collective_failure
 from .run_output import EpochProgress
-from .run_guard import (validation_split, check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
+from .run_guard import (validation_split, has_started, check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
                         remove_failed_start)
 from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
@@ -115,6 +115,10 @@ class ExperimentRunner:
         if self.resume_training:
             saved = ExperimentConfig.load_saved(configs_folder)
             return ConfigReader.apply_overrides(saved, self.overrides)
+        if os.path.isdir(configs_folder) and not has_started(self.experiment_folder):
+            LOGGER.warning("%s: an earlier start stopped before its first checkpoint; starting afresh",
+                           self.experiment_folder)
+            remove_failed_start(self.experiment_folder)
         if os.path.isdir(configs_folder):
             raise ValueError(f"experiment_name: {self.experiment_folder} already exists; pass "
                              f"--resume_training latest to continue it, or choose another name")

@@ -18,7 +18,7 @@ import shutil
 
 from .config_error import ConfigError
 
-__all__ = ["validation_split", "check_number_kwargs", "check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
+__all__ = ["has_started", "validation_split", "check_number_kwargs", "check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
            "log_fatal_error", "log_fatal_error_to"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
@@ -97,13 +97,15 @@ def check_number_kwargs(cls, kwargs: dict, source: str, where: str) -> None:
             raise ConfigError(source, f"{where}.{name}", f"must be a number (default {default}), got {value!r}")
 
 
-def has_checkpoint(experiment_folder: str) -> bool:
-    return bool(glob.glob(os.path.join(experiment_folder, "*", "saved_models", "checkpoint_*.json")))
+def has_started(experiment_folder: str) -> bool:
+    """Whether the experiment got as far as records or a checkpoint (then only a resume continues it)."""
+    return bool(glob.glob(os.path.join(experiment_folder, "*", "saved_models", "checkpoint_*.json"))
+                or glob.glob(os.path.join(experiment_folder, "*", "saved_csvs", "logs.db")))
 
 
 def remove_failed_start(experiment_folder: str) -> None:
     """After a fresh run failed before any checkpoint: keep only ``run.log`` (and the lock)."""
-    if not os.path.isdir(experiment_folder) or has_checkpoint(experiment_folder):
+    if not os.path.isdir(experiment_folder) or has_started(experiment_folder):
         return
     for name in os.listdir(experiment_folder):
         if name in KEEP_AFTER_FAILED_START:
