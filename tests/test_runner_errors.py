@@ -32,7 +32,8 @@ def assert_user_error(status, lines, *fragments):
 @pytest.mark.parametrize("args, fragments", [
     (["--device", "cuda"], ["config_general", "device: 'cuda': this machine has 0 CUDA device(s)"]),
     (["--device", "tpu9"], ["device: 'tpu9' is not a device"]),
-    (["--loss_funcs~APPLY~3", "{margin: abc}"], ["config_loss_and_miners", "TripletMarginLoss.margin: must be a number"]),
+    (["--loss_funcs~APPLY~3", "{margin: abc}"],
+     ["config_loss_and_miners", "TripletMarginLoss.margin: must be a number"]),
     (["--distributed_timeout_seconds", "0"], ["distributed_timeout_seconds: must be a finite number of seconds > 0"]),
     (["--mining_funcs~OVERRIDE~", "{tuple_miner: {SmartMiner: {index_method: hsnw}}}"],
      ["mining_funcs.tuple_miner.SmartMiner", "hsnw"]),

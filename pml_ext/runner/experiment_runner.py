@@ -34,8 +34,8 @@ from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
 from .rank_wait import RankZeroWait, describe_collective_failure
 from .run_output import EpochProgress
-from .run_guard import (validation_split, has_started, check_device, check_experiment_name, check_root_folder, check_timeout, log_fatal_error,
-                        remove_failed_start)
+from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
+                        log_fatal_error, remove_failed_start, validation_split)
 from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
                           sql_safe_record_keeper)
@@ -410,9 +410,10 @@ class ExperimentRunner:
                 keep_training = eval_hook(trainer) is not False
                 score = ""
                 if trainer.epoch % general["save_interval"] == 0:
-                    best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, hooks.validation_split_name, (-1, 0))
+                    validation = hooks.validation_split_name
+                    best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))
                     store.save(int(trainer.epoch), trainer_objects(trainer, hooks.saveable_trainer_objects), best_epoch)
-                    score = f"best {hooks.validation_split_name} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
+                    score = f"best {validation} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
                     LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
                 progress.update(int(trainer.epoch), score)
             # Every rank must stop at the same epoch, or the others would wait forever in a collective;
@@ -437,7 +438,8 @@ class ExperimentRunner:
             hooks.saveable_trainer_objects.append("controllers")
         if distributed:
             average_gradients_after_backward(trainer)
-        rank_zero_wait = RankZeroWait(general["distributed_timeout_seconds"], general["distributed_eval_timeout_seconds"])
+        rank_zero_wait = RankZeroWait(general["distributed_timeout_seconds"],
+                                      general["distributed_eval_timeout_seconds"])
         # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
         hooks.do_save_models = False
         store = CheckpointStore(model_folder, os.path.join(folder, "saved_csvs") if self.rank == 0 else None,
@@ -475,7 +477,7 @@ class ExperimentRunner:
             return info, None
         record_keeper.save_records()
         validation = hooks.validation_split_name
-        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation)
+        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))  # a trained epoch
         info.update(best_epoch=best_epoch, best_accuracy=best)
         accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
         info["split_histories"] = {q: hooks.get_accuracy_history(tester, q, return_all_metrics=True)
@@ -510,7 +512,8 @@ class ExperimentRunner:
                 attributes_to_search_for=pml_cf.list_of_recordable_attributes_list_names())
         spec = config.get("hook_container") or {"HookContainer": {}}
         name, kwargs = self.registry.parse_spec(spec, config.source_of("hook_container"), "hook_container")
-        kwargs.setdefault("validation_split_name", validation_split(splits_to_eval, config.source_of("splits_to_eval")))
+        kwargs.setdefault("validation_split_name",
+                          validation_split(splits_to_eval, config.source_of("splits_to_eval")))
         if kwargs["validation_split_name"].lower() == "test":
             raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
                               "'test' would choose models (best epoch, early stopping) on the test split; "

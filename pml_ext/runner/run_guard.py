@@ -18,8 +18,8 @@ import shutil
 
 from .config_error import ConfigError
 
-__all__ = ["has_started", "validation_split", "check_number_kwargs", "check_experiment_name", "check_root_folder", "check_device", "check_timeout", "remove_failed_start",
-           "log_fatal_error", "log_fatal_error_to"]
+__all__ = ["check_device", "check_experiment_name", "check_number_kwargs", "check_root_folder", "check_timeout",
+           "has_started", "log_fatal_error", "log_fatal_error_to", "remove_failed_start", "validation_split"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]*$")
