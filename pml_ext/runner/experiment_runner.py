@@ -457,6 +457,7 @@ class ExperimentRunner:
                 updater.refresh()
         if start_epoch == 1 and self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
+            record_keeper.save_records()  # PML's "new best" compares with the saved records: epoch 0 is one
 
         rank_zero_wait.wait()  # for rank 0's untrained-accuracy check
         num_epochs = general["num_epochs_train"]
