@@ -59,6 +59,13 @@ def test_a_failed_start_then_the_same_command_fixed_runs(tmp_path, capsys, monke
     status, lines = run_cli(capsys, monkeypatch, *common)
     assert status == 0, lines
     assert (tmp_path / "e" / "configs" / "config_general.yaml").is_file()
+    # a checkpoint file altered after the run: resuming is refused, never a fresh model
+    trunk = tmp_path / "e" / "Test50_50_Partitions1_0" / "saved_models" / "trunk_1.pth"
+    trunk.write_bytes(trunk.read_bytes()[:-8])
+    status, lines = run_cli(capsys, monkeypatch, "--experiment_name", "e", "--root_experiment_folder", str(tmp_path),
+                            "--resume_training", "latest", "--num_epochs_train", "2")
+    error = assert_user_error(status, lines, "trunk_1.pth: its size or SHA-256 differs", "Refusing to resume")
+    assert error in (tmp_path / "e" / "run.log").read_text()
 
 
 def test_path_and_name_errors(tmp_path, capsys, monkeypatch):
