@@ -145,3 +145,35 @@ def test_leftovers_of_an_unfinished_first_checkpoint_restart_the_run_from_epoch_
     (tmp_path / "trunk_1.pth").write_bytes(b"partial")
     assert store.resume({"trunk": Counter()}) == 0
     assert os.listdir(tmp_path) == []
+
+
+def test_records_are_cut_back_to_a_checkpoint_extent(tmp_path):
+    from pml_ext.runner.checkpoint_store import records_extent, roll_back_records
+
+    db = tmp_path / "logs.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE a (id integer primary key autoincrement, x real)")
+        conn.executemany("INSERT INTO a (x) VALUES (?)", [(1.0,), (2.0,)])
+    saved = "~iteration~,x\n0,1.0\n1,2.0\n"
+    (tmp_path / "a.csv").write_text(saved)
+    extent = records_extent(str(tmp_path))
+    assert extent == {"csv": {"a.csv": len(saved)}, "sqlite": {"a": 2}}
+    with sqlite3.connect(db) as conn:  # what a run writes after the checkpoint
+        conn.executemany("INSERT INTO a (x) VALUES (?)", [(3.0,)])
+        conn.execute("CREATE TABLE b (id integer primary key autoincrement, y real)")
+        conn.execute("INSERT INTO b (y) VALUES (1.0)")
+    with open(tmp_path / "a.csv", "a") as f:
+        f.write("2,3.0\n")
+    (tmp_path / "b.csv").write_text("~iteration~,y\n")
+    roll_back_records(str(tmp_path), extent)
+    assert (tmp_path / "a.csv").read_text() == saved and not (tmp_path / "b.csv").exists()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT id, x FROM a").fetchall() == [(1, 1.0), (2, 2.0)]
+        conn.execute("INSERT INTO a (x) VALUES (9.0)")  # the re-recorded row gets the id the lost one had
+        assert conn.execute("SELECT max(id) FROM a").fetchone() == (3,)
+        assert [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")] == \
+            ["a", "sqlite_sequence"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sqlite3.connect(empty / "logs.db").close()
+    roll_back_records(str(empty), {"csv": {}, "sqlite": {}})  # a database without tables is fine

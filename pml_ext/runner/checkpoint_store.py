@@ -115,8 +115,8 @@ def roll_back_records(records_folder: str, extent: Mapping) -> None:
     if not os.path.isfile(db):
         return
     with sqlite3.connect(db) as conn:
-        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                 if not n.startswith("sqlite_")]
+        all_names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        names = [n for n in all_names if not n.startswith("sqlite_")]
         for name in names:
             last = extent["sqlite"].get(name)
             if last is None:
@@ -124,9 +124,11 @@ def roll_back_records(records_folder: str, extent: Mapping) -> None:
                 continue
             conn.execute(f'DELETE FROM "{name}" WHERE id > ?', (last,))
             # AUTOINCREMENT would otherwise skip the deleted ids: the re-recorded rows get the same ids.
-            conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (last, name))
-        conn.execute("DELETE FROM sqlite_sequence WHERE name NOT IN "
-                     "(SELECT name FROM sqlite_master WHERE type='table')")
+            if "sqlite_sequence" in all_names:
+                conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (last, name))
+        if "sqlite_sequence" in all_names:
+            conn.execute("DELETE FROM sqlite_sequence WHERE name NOT IN "
+                         "(SELECT name FROM sqlite_master WHERE type='table')")
     conn.close()
 
 

@@ -412,7 +412,7 @@ class ExperimentRunner:
                 if trainer.epoch % general["save_interval"] == 0:
                     validation = hooks.validation_split_name
                     best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))
-                    store.save(int(trainer.epoch), trainer_objects(trainer, hooks.saveable_trainer_objects), best_epoch)
+                    store.save(int(trainer.epoch), checkpoint_objects(), best_epoch)
                     score = f"best {validation} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
                     LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
                 progress.update(int(trainer.epoch), score)
@@ -445,10 +445,14 @@ class ExperimentRunner:
         store = CheckpointStore(model_folder, os.path.join(folder, "saved_csvs") if self.rank == 0 else None,
                                 record_keeper.save_records if self.rank == 0 else None)
 
+        def checkpoint_objects() -> dict:
+            """Everything a checkpoint saves and a resume restores: ``{file name stem: object with
+            state_dict/load_state_dict}`` (a new stateful object is one more entry)."""
+            return trainer_objects(trainer, hooks.saveable_trainer_objects)
+
         start_epoch = 1
         if self.resume_training:
-            start_epoch = store.resume(trainer_objects(trainer, hooks.saveable_trainer_objects), device,
-                                       clean_up=self.rank == 0) + 1
+            start_epoch = store.resume(checkpoint_objects(), device, clean_up=self.rank == 0) + 1
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
             if start_epoch > 1:
                 seed_all(seed + 1000 * (start_epoch - 1))
