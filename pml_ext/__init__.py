@@ -20,6 +20,8 @@ from .runner.npz_features import NpzFeatures
 from .runner.split_manager import ClassDisjointSplitManager
 from .runner.experiment_runner import ExperimentRunner
 from .runner.comparison_runner import ComparisonRunner
+from .runner.checkpoint_store import CheckpointError, CheckpointStore
+from .runner.experiment_lock import ExperimentLock, ExperimentLocked
 from .hooks.adaptive_controller import AdaptiveController
 from .hooks.fraction_active_meter import FractionActiveMeter
 from .hooks.control_rule import ControlRule

@@ -2,9 +2,13 @@
 
     pml-ext run --experiment_name NAME [--root_config_folder DIR] [--root_experiment_folder DIR]
                 [--config_<category> name ...] [--resume_training latest] [--dataset_root DIR]
-                [--register_module MODULE ...] [--key <yaml> ...]
-    pml-ext run [--dataset glyphs|digits] [--methods NAME ...] [--key <yaml> ...]
+                [--register_module MODULE ...] [--verbose] [--key <yaml> ...]
+    pml-ext run [--dataset glyphs|digits] [--methods NAME ...] [--verbose] [--key <yaml> ...]
                                                              # the main job (no experiment name)
+
+By default the console shows progress, warnings and the final table (everything is in each
+experiment's run.log); --verbose also shows every log message and PML's own bars. A user error
+(a bad path, device, config value or file) ends as one `error: ...` line with exit status 2.
 
 ``--key <yaml>`` overrides a config key; the value is YAML and may span several shell
 words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N,
@@ -13,7 +17,6 @@ words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N
 from __future__ import annotations
 
 import importlib
-import logging
 import re
 import sys
 from typing import Sequence
@@ -26,6 +29,7 @@ OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "d
 # ``--dataset`` is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
 MAIN_JOB_DATASET_NAMES = ("glyphs", "digits", "none")
 LIST_OPTIONS = {"register_module", "methods"}
+FLAGS = {"verbose"}
 _KEY = re.compile(r"^--[A-Za-z]")
 
 
@@ -51,6 +55,10 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
     for key, words in groups:
         if key in ("help", "h"):
             options["help"] = True
+        elif key in FLAGS:
+            if words:
+                raise ConfigError("command line", f"--{key}", f"takes no value, got {' '.join(words)!r}")
+            options[key] = True
         elif key == "dataset" and len(words) == 1 and words[0] in MAIN_JOB_DATASET_NAMES:
             options["dataset"] = words[0]
         elif key in OPTIONS:
@@ -91,12 +99,19 @@ def run(argv: Sequence[str]) -> int:
     from .runner.comparison_runner import ComparisonRunner
     from .runner.experiment_runner import ExperimentRunner
 
+    from .runner.config_error import ConfigError
+    from .runner.run_output import configure_output
+
     options, config_names, overrides = parse_run_args(argv)
     if options.get("help"):
         print(USAGE)
         return 0
+    configure_output(bool(options.get("verbose")))
     for module in options.get("register_module", []):
-        importlib.import_module(module)  # the module calls pml_ext.register(...) on import
+        try:
+            importlib.import_module(module)  # the module calls pml_ext.register(...) on import
+        except ImportError as exc:
+            raise ConfigError("command line", "--register_module", f"cannot import {module!r}: {exc}") from exc
     root = options.get("root_experiment_folder", "experiments")
     if "dataset" in options and "experiment_name" in options:
         raise ValueError("--dataset chooses the main job's data set; with --experiment_name use --config_dataset")
@@ -106,7 +121,8 @@ def run(argv: Sequence[str]) -> int:
             root_config_folder=options.get("root_config_folder"), config_names=config_names,
             overrides=overrides, resume_training=options.get("resume_training"),
             dataset_root=options.get("dataset_root", "datasets")).run()
-        if "table" in summary:  # rank 0; the table itself is in the log
+        if "table" in summary:  # rank 0
+            print(summary["table"])
             print(f"Experiment folder: {summary['experiment_folder']}")
         return 0
     if config_names or "resume_training" in options:
@@ -117,7 +133,7 @@ def run(argv: Sequence[str]) -> int:
                               root_config_folder=options.get("root_config_folder"),
                               dataset=None if dataset == "none" else dataset)
     result = runner.run()
-    print(f"\nMain job: {runner.title} (final epoch, test split)")
+    print(f"\nMain job: {runner.title} (test split, at the epoch each method's val split chose)")
     print(result["table"])
     for skipped in result["skipped"]:
         print(f"skipped: {skipped}")
@@ -128,7 +144,8 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``pml-ext``)."""
-    from .runner.config_error import ConfigError
+    from .runner.run_guard import log_fatal_error_to
+    from .runner.run_output import print_user_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -137,12 +154,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[0] != "run":
         print(f"error: unknown command {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(argv[1:])
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as exc:  # ConfigError, CheckpointError, ExperimentLocked, paths, encodings
+        log_fatal_error_to(_experiment_folder(argv[1:]), exc)
+        return print_user_error(exc)
+
+
+def _experiment_folder(argv: Sequence[str]) -> str | None:
+    """The experiment folder named on the command line, for errors raised before the run started."""
+    try:
+        options = parse_run_args(argv)[0]
+    except ValueError:
+        return None
+    if "experiment_name" not in options:
+        return None
+    import os
+
+    return os.path.join(options.get("root_experiment_folder", "experiments"), options["experiment_name"])
 
 
 if __name__ == "__main__":

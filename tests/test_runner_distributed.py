@@ -63,6 +63,25 @@ def test_a_rank_that_fails_mid_run_makes_the_other_exit_with_a_clear_error(tmp_p
                 p.kill()
     assert [p.returncode for p in procs] == [1, 1]
     assert "rank 1 failed on purpose" in errors[1]
-    assert "rank 0: a collective with the other ranks failed" in errors[0]
-    assert "Another rank probably failed" in errors[0]
+    assert "rank 0: a collective with the other ranks failed because another rank exited" in errors[0]
     assert time.time() - start < 180
+
+
+@pytest.mark.slow
+def test_an_evaluation_on_rank_0_longer_than_the_collective_timeout_does_not_kill_a_healthy_run(tmp_path):
+    # Rank 0 evaluates for 10 s; collectives time out after 5 s. Rank 1 waits at the end-of-epoch
+    # barrier, whose deadline is distributed_eval_timeout_seconds. (Without it, this run dies.)
+    result = torchrun(tmp_path, "--experiment_name", "slow", "--register_module", "slow_eval_plugins",
+                      "--distributed_timeout_seconds", "5", "--tester~SWAP~1", "{SlowTester: null}",
+                      "--tester~APPLY~2", "{delay: 10}", timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "slow" / SCHEME / "saved_models" / "checkpoint_1.json").is_file()
+
+
+def test_timeouts_must_be_positive_seconds(tmp_path):
+    from pml_ext.runner import ConfigError, ExperimentRunner
+
+    for key, value in (("distributed_timeout_seconds", -1), ("distributed_eval_timeout_seconds", 0),
+                       ("distributed_timeout_seconds", "soon")):
+        with pytest.raises(ConfigError, match=f"{key}: must be a finite number of seconds > 0"):
+            ExperimentRunner("t", root_experiment_folder=str(tmp_path), overrides=[(key, value)]).run()

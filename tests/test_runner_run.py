@@ -16,7 +16,7 @@ from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ExperimentRunner, Registry
 
 PB = str(pathlib.Path(__file__).parent / "data" / "pb_configs")
-SCHEME = "Test50_50_Partitions1_0"  # the bundled split: train digits 0-4, test 5-9, no val
+SCHEME = "Test50_50_Partitions1_0"  # the bundled split: train digits 0-4 (a quarter held out as val), test 5-9
 ACC_TABLE = "accuracies_normalized_GlobalEmbeddingSpaceTester_level_0_{}_vs_self"
 FAST = [("num_epochs_train", 1), ("trainer~APPLY~2", {"iterations_per_epoch": 3}),
         ("check_untrained_accuracy", False)]
@@ -92,7 +92,7 @@ def test_lifted_structure_loss_with_a_miner_given_a_nested_distance_and_hard_nei
 def test_resume_latest_continues_from_the_saved_epoch(tmp_path):
     # Without a stateful sampler (PML's MPerClassSampler shuffles its own label list between
     # epochs and saves none of it), and with epochs that are whole passes over the data, a
-    # resumed run must equal an uninterrupted one exactly. 901 samples / batch 256 = 3 iterations.
+    # resumed run must equal an uninterrupted one exactly. 676 samples / batch 256 = 2 iterations.
     common = [("sampler~DELETE~", None), ("mining_funcs~OVERRIDE~", {}),
               ("loss_funcs~OVERRIDE~", {"metric_loss": {"ContrastiveLoss": None}}),
               ("trainer~APPLY~2", {"iterations_per_epoch": None, "batch_size": 256}),
@@ -110,8 +110,8 @@ def test_resume_latest_continues_from_the_saved_epoch(tmp_path):
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     db = str(tmp_path / "split" / SCHEME / "saved_csvs" / "logs.db")
     assert query(db, f"SELECT epoch FROM {ACC_TABLE.format('TEST')}") == [(1,), (2,)]
-    # The loss records continue the global iteration count: 3 per epoch, no restart at 0.
-    assert [i for (i,) in query(db, 'SELECT "~iteration~" FROM loss_histories')] == list(range(6))
+    # The loss records continue the global iteration count: 2 per epoch, no restart at 0.
+    assert [i for (i,) in query(db, 'SELECT "~iteration~" FROM loss_histories')] == list(range(4))
     assert (tmp_path / "split" / "configs" / "resume_0.yaml").is_file()
     with pytest.raises(ConfigError, match="nothing to resume"):
         ExperimentRunner("never", root_experiment_folder=root, resume_training="latest").run()
@@ -178,18 +178,19 @@ def test_epoch_updates_and_a_controller_get_their_calls_from_the_run(tmp_path):
     miner = runner.objects[SCHEME]["mining_funcs"]["tuple_miner"]
     assert controller.module is miner and (controller.observed, controller.steps) == (6, 2)
     assert miner.margin == pytest.approx(0.2 / 4)
-    # One update per epoch, with the whole training set (digits 0-4) in dataset order...
-    train = pml_ext.Digits(range(5))
+    # One update per epoch, with the whole training split (digits 0-4 less the val quarter) in dataset order...
+    train_split = runner.objects[SCHEME]["eval_sets"]["train"]
+    digits, rows = train_split.dataset, torch.as_tensor(train_split.indices)
     assert len(sampler.updates) == 2
     embeddings, labels = sampler.updates[-1]
-    assert torch.equal(labels, train.labels) and embeddings.shape == (len(train), 32)
+    assert torch.equal(labels, digits.labels[rows]) and embeddings.shape == (len(rows), 32)
     # ...embedded by the model of that epoch: rebuild it from the saved weights.
     saved = tmp_path / "fake" / SCHEME / "saved_models"
     trunk, embedder = pml_ext.MLP([64, 256], final_relu=True), pml_ext.MLP([256, 32])
     trunk.load_state_dict(torch.load(saved / "trunk_2.pth"))
     embedder.load_state_dict(torch.load(saved / "embedder_2.pth"))
     with torch.no_grad():
-        assert torch.allclose(embeddings, embedder(trunk(train.data)), atol=1e-5)
+        assert torch.allclose(embeddings, embedder(trunk(digits.data[rows])), atol=1e-5)
     db = str(tmp_path / "fake" / SCHEME / "saved_csvs" / "logs.db")
     assert query(db, 'SELECT "~iteration~", margin_margin FROM controller_settings') == [(1, 0.1), (2, 0.05)]
     assert (tmp_path / "fake" / "controller_margin_margin.png").is_file()
@@ -239,7 +240,8 @@ def test_the_main_job_code_path_on_tiny_epochs(tmp_path, capsys):
     assert (folder / "comparison.png").is_file()
     with open(folder / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "P@1", "R@4", "MAP@R", "NMI", "epochs", "wall time (s)", "notes"] and len(rows) == 4
+    assert list(rows[0]) == ["method", "P@1", "R@4", "MAP@R", "NMI", "epochs", "chosen epoch", "wall time (s)",
+                             "notes"] and len(rows) == 4
     assert rows[0]["method"].startswith("raw pixels") and rows[1]["method"].startswith("untrained network (epoch 0")
     assert rows[1]["epochs"] == "0"
     # The raw-pixel row is the data itself as the embedding, scored as PML scores it.
@@ -249,8 +251,8 @@ def test_the_main_job_code_path_on_tiny_epochs(tmp_path, capsys):
     raw = torch.nn.functional.normalize(test.data, dim=1)
     expected = PMLCalculator(include=("precision_at_1",)).get_accuracy(raw, test.labels, raw, test.labels, True)
     assert float(rows[0]["P@1"]) == pytest.approx(expected["precision_at_1"])
-    # The table reports each method's last epoch (and the untrained epoch 0): the same numbers
-    # as the method's own records.
+    # The table reports each method's test metrics at the epoch chosen on val (here the only one)
+    # and the untrained epoch 0: the same numbers as the method's own records.
     for row, key, epoch in zip(rows[1:], ("pml_triplet_semihard", "pml_triplet_semihard", "lifted_structure"),
                                (0, 1, 1)):
         p_at_1 = float(row["P@1"])

@@ -25,6 +25,7 @@ from typing import Iterable, Mapping
 from .config_error import ConfigError
 from .config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
 from .epoch_updater import resolve_attribute
+from .experiment_lock import LOCK_NAME, ExperimentLock
 from .experiment_runner import ExperimentRunner
 from .registry import Registry
 
@@ -104,14 +105,17 @@ class ComparisonRunner:
             out = [m for m in out if m["key"] in self.only]
         return sorted(out, key=lambda m: (m["order"], m["key"]))
 
-    def _fresh_folder(self, key: str) -> None:
-        path = os.path.join(self.folder, key)
-        if os.path.exists(path):
-            if not os.path.isfile(os.path.join(self.folder, MARKER)):
-                raise ValueError(f"root_experiment_folder: {path} exists and was not made by the main job; "
-                                 f"choose another --root_experiment_folder")
-            shutil.rmtree(path)
+    def _fresh_root(self) -> None:
+        """Empty ``<root>/main_job`` (only when the main job made it): a re-run never mixes the
+        method folders of two runs (e.g. of 10 and 5 epochs, or of other ``--methods``)."""
         os.makedirs(self.folder, exist_ok=True)
+        names = [n for n in os.listdir(self.folder) if n != LOCK_NAME]
+        if names and not os.path.isfile(os.path.join(self.folder, MARKER)):
+            raise ValueError(f"root_experiment_folder: {self.folder} exists and was not made by the main job; "
+                             f"choose another --root_experiment_folder")
+        for name in names:
+            path = os.path.join(self.folder, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         open(os.path.join(self.folder, MARKER), "w").close()
 
     def run(self) -> dict:
@@ -120,10 +124,16 @@ class ComparisonRunner:
         ``histories[method]`` holds the per-epoch ``metrics`` rows (epoch 0 = untrained), the
         sampler's recorded statistics (``sampler_history``) and the controlled settings
         (``settings_history``)."""
-        import tqdm
+        methods = self.methods()
+        with ExperimentLock(self.folder):  # one main job per root folder at a time
+            self._fresh_root()
+            return self._run_methods(methods)
+
+    def _run_methods(self, methods: list[dict]) -> dict:
+        from .run_output import PROGRESS
 
         rows, curves, skipped, untrained, raw, histories = [], {}, [], None, None, {}
-        for method in tqdm.tqdm(self.methods(), desc="main job: methods"):
+        for number, method in enumerate(methods, 1):
             if method["missing"]:
                 skipped.append(f"{method['name']} (needs pml_ext.{', pml_ext.'.join(method['missing'])})")
                 LOGGER.info("Skipping %s: not available yet", skipped[-1])
@@ -132,36 +142,41 @@ class ComparisonRunner:
             # evaluated once, by the first method (two evaluations saved per later method).
             first = not rows
             runner, summary, row = self._run_method(method, check_untrained=first)
-            scheme_rows = [r for r in summary.get("rows", []) if r["epoch"] >= 0]
+            scheme_rows = [r for r in self.test_rows(summary) if r["epoch"] >= 0]
             if first:
                 untrained = next((r for r in scheme_rows if r["epoch"] == 0), None)
                 raw = self.raw_pixels(runner)
             elif untrained is not None and not any(r["epoch"] == 0 for r in scheme_rows):
                 scheme_rows = [untrained] + scheme_rows
             rows.append(row)
+            PROGRESS.info("[%d/%d] %s: %d epochs, %.1f s", number, len(methods), method["name"], row["epochs"],
+                          row["wall time (s)"])
             curves[method["name"]] = ([r["epoch"] for r in scheme_rows], [r.get("MAP@R") for r in scheme_rows])
             histories[method["name"]] = {"metrics": scheme_rows, **{
                 key: [h for info in summary["schemes"].values() for h in info.get(key, [])]
                 for key in ("sampler_history", "settings_history")}}
         if untrained is not None:
             rows.insert(0, {"method": "untrained network (epoch 0, the same for every method)",
-                            **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "wall time (s)": None,
+                            **{c: untrained.get(c) for c in TABLE_COLUMNS}, "epochs": 0, "chosen epoch": 0,
+                            "wall time (s)": None,
                             "notes": ""})
         if raw is not None:
             rows.insert(0, {"method": "raw pixels, L2-normalised (no network)", **raw, "epochs": 0,
-                            "wall time (s)": None, "notes": ""})
+                            "chosen epoch": None, "wall time (s)": None, "notes": ""})
         table = self.table(rows)
         plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves else None
         if rows:
             import pandas as pd
 
-            pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
+            from .checkpoint_store import atomic_write
+
+            atomic_write(os.path.join(self.folder, "comparison.csv"),
+                         lambda f: pd.DataFrame(rows).to_csv(f, index=False), mode="w")
         return {"rows": rows, "table": table, "plot": plot, "skipped": skipped, "folder": self.folder,
                 "histories": histories}
 
     def _run_method(self, method: dict, check_untrained: bool) -> tuple[ExperimentRunner, dict, dict]:
         """Train one method in a fresh folder; returns its runner, summary and table row."""
-        self._fresh_folder(method["key"])
         LOGGER.info("Main job: %s", method["name"])
         start = time.time()
         skip_untrained = [] if check_untrained else [("check_untrained_accuracy", False)]
@@ -170,11 +185,25 @@ class ComparisonRunner:
                                   overrides=list(method["config"].items()) + skip_untrained + self.overrides,
                                   registry=self.registry)
         summary = runner.run()
-        final = max((r for r in summary.get("rows", []) if r["epoch"] >= 0), key=lambda r: r["epoch"], default={})
+        # the test metrics of the epoch chosen on the val split (the test split chooses nothing)
+        chosen = next((s.get("best_epoch") for s in summary["schemes"].values()), None)
+        final = next((r for r in self.test_rows(summary) if r["epoch"] == chosen), {})
         row = {"method": method["name"], **{c: final.get(c) for c in TABLE_COLUMNS},
                "epochs": max((s["last_epoch"] for s in summary["schemes"].values()), default=0),
+               "chosen epoch": chosen,
                "wall time (s)": round(time.time() - start, 1), "notes": self.notes(runner, summary)}
         return runner, summary, row
+
+    @staticmethod
+    def test_rows(summary: dict) -> list[dict]:
+        """The test split's metrics per epoch (``{"epoch", "P@1", ...}``) of the first split scheme."""
+        from .experiment_report import ExperimentReport
+
+        for scheme, info in summary.get("schemes", {}).items():
+            report = ExperimentReport("")
+            report.add(scheme, info.get("split_histories", {}).get("test", {}), {}, [])
+            return report.rows()
+        return []
 
     @staticmethod
     def notes(runner: ExperimentRunner, summary: dict) -> str:
@@ -224,8 +253,11 @@ class ComparisonRunner:
         def seconds(v):
             return "-" if v is None or v != v else f"{v:.1f}"
 
+        def epoch(v):
+            return "-" if v is None or v != v else f"{int(v)}"
+
         return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-",
-                                            formatters={"wall time (s)": seconds})
+                                            formatters={"wall time (s)": seconds, "chosen epoch": epoch})
 
     def plot(self, curves: dict, raw_map_at_r: float | None = None) -> str:
         """``comparison.png``: test MAP@R per epoch, one line per method (epoch 0 = untrained)."""
@@ -233,6 +265,9 @@ class ComparisonRunner:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        from .checkpoint_store import atomic_write
 
         fig, ax = plt.subplots(figsize=(8, 5))
         for name, (epochs, values) in curves.items():
@@ -242,10 +277,10 @@ class ComparisonRunner:
         ax.set_title(f"Main job: {self.title}", fontsize=9)
         ax.set_xlabel("epoch (0 = untrained network)")
         ax.set_ylabel("test MAP@R (classes unseen in training)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # outside the curves
         path = os.path.join(self.folder, "comparison.png")
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
         plt.close(fig)
         return path

@@ -60,10 +60,13 @@ class ConfigReader:
     def load_yaml(path: str) -> dict:
         """Parse one YAML file into a dict (empty file -> ``{}``); errors name file, line and key."""
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 text = f.read()
         except OSError as exc:
             raise ConfigError(path, "", f"cannot read the file ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, "", f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                        f"{exc.start}); save the file as UTF-8") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:

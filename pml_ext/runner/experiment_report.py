@@ -24,6 +24,17 @@ def _strip_level(column: str) -> str:
     return base if sep and level.isdigit() else column
 
 
+def setting_label(name: str) -> str:
+    """A controlled setting's axis label: ``"<controller>_<attribute>"`` -> ``"<attribute> (controller
+    <controller>)"``, or just the attribute when the controller is named after it (``kappa_kappa``)."""
+    for cut in range(1, len(name)):
+        controller, attribute = name[:cut], name[cut + 1:]
+        if name[cut] == "_" and controller == attribute:
+            return attribute
+    controller, _, attribute = name.partition("_")
+    return f"{attribute} (controller {controller})" if attribute else name
+
+
 class ExperimentReport:
     """Collects per-split-scheme histories and writes the table and plots.
 
@@ -79,12 +90,16 @@ class ExperimentReport:
         import matplotlib.pyplot as plt
         import pandas as pd
 
+        from matplotlib.ticker import MaxNLocator
+
+        from .checkpoint_store import atomic_write
+
         os.makedirs(folder, exist_ok=True)
         written = []
         rows = self.rows()
         if rows:
             path = os.path.join(folder, "metrics_per_epoch.csv")
-            pd.DataFrame(rows).to_csv(path, index=False)
+            atomic_write(path, lambda f: pd.DataFrame(rows).to_csv(f, index=False), mode="w")
             written.append(path)
 
         primary = _SHORT_NAMES.get(self.primary_metric, self.primary_metric)
@@ -98,7 +113,7 @@ class ExperimentReport:
         ]
         setting_names = sorted({k for d in self.schemes.values() for row in d["settings"] for k in row if k != "epoch"})
         for name in setting_names:
-            plots.append((f"controller_{name}.png", "epoch", name,
+            plots.append((f"controller_{name}.png", "epoch", setting_label(name),
                           {s: ([r["epoch"] for r in d["settings"] if name in r],
                                [r[name] for r in d["settings"] if name in r]) for s, d in self.schemes.items()}))
         for filename, xlabel, ylabel, series in plots:
@@ -108,14 +123,15 @@ class ExperimentReport:
             fig, ax = plt.subplots(figsize=(6, 4))
             for label, (x, y) in series.items():
                 ax.plot(x, y, marker="o" if len(x) < 50 else None, label=label)
+            ax.set_title(f"{os.path.basename(os.path.normpath(folder))}: {ylabel} per {xlabel}", fontsize=9)
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and iterations are whole numbers
             ax.grid(True, alpha=0.3)
             if len(series) > 1:
-                ax.legend(fontsize=7)
-            fig.tight_layout()
+                ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
             path = os.path.join(folder, filename)
-            fig.savefig(path, dpi=100)
+            atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
             plt.close(fig)
             written.append(path)
         return written

@@ -23,13 +23,19 @@ from typing import Any, Mapping
 
 import torch
 
+from .checkpoint_store import CheckpointStore, trainer_objects
 from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .epoch_updater import EpochUpdater, unwrap
 from .experiment_config import ExperimentConfig
+from .experiment_lock import ExperimentLock
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
+from .rank_wait import RankZeroWait, describe_collective_failure
+from .run_output import EpochProgress
+from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
+                        log_fatal_error, remove_failed_start, validation_split)
 from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
                           sql_safe_record_keeper)
@@ -49,6 +55,7 @@ GENERAL_DEFAULTS = {
     "seed": 0,
     "device": None,
     "distributed_timeout_seconds": 300,
+    "distributed_eval_timeout_seconds": 86400,
     "num_threads": None,
     "splits_to_eval": ["val"],
 }
@@ -85,8 +92,8 @@ class ExperimentRunner:
                  root_config_folder: str | None = None, config_names: Mapping | None = None,
                  overrides: Mapping | None = None, resume_training: str | None = None,
                  dataset_root: str = "datasets", registry: Registry | None = None):
-        if not isinstance(experiment_name, str) or not experiment_name or os.sep in experiment_name:
-            raise ValueError(f"experiment_name must be a non-empty folder name, got {experiment_name!r}")
+        check_experiment_name(experiment_name)
+        check_root_folder(root_experiment_folder)
         if resume_training not in (None, "latest"):
             raise ValueError(f"resume_training must be 'latest' or None, got {resume_training!r}")
         self.experiment_name = experiment_name
@@ -108,6 +115,10 @@ class ExperimentRunner:
         if self.resume_training:
             saved = ExperimentConfig.load_saved(configs_folder)
             return ConfigReader.apply_overrides(saved, self.overrides)
+        if os.path.isdir(configs_folder) and not has_started(self.experiment_folder):
+            LOGGER.warning("%s: an earlier start stopped before its first checkpoint; starting afresh",
+                           self.experiment_folder)
+            remove_failed_start(self.experiment_folder)
         if os.path.isdir(configs_folder):
             raise ValueError(f"experiment_name: {self.experiment_folder} already exists; pass "
                              f"--resume_training latest to continue it, or choose another name")
@@ -127,6 +138,9 @@ class ExperimentRunner:
                               f"must be null or an integer >= 1, got {out['num_threads']!r}")
         if not isinstance(out["seed"], int):
             raise ConfigError(config.source_of("seed"), "seed", f"must be an integer, got {out['seed']!r}")
+        out["device"] = check_device(out["device"], config.source_of("device"))
+        for key in ("distributed_timeout_seconds", "distributed_eval_timeout_seconds"):
+            out[key] = check_timeout(out[key], config.source_of(key), key)
         if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
             raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
                               "must be a non-empty list of split names")
@@ -199,29 +213,39 @@ class ExperimentRunner:
         """
         from ..utils.distributed import init_from_env, rank_and_world_size
 
-        config = self.read_config()
-        general = self.general(config)
-        self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
-        distributed = init_from_env(timeout_seconds=float(general["distributed_timeout_seconds"]))
-        self.rank, self.world_size = rank_and_world_size()
+        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        # One writer per folder: the lock comes before the "already exists" check, so two fresh starts cannot race.
+        lock = ExperimentLock(self.experiment_folder).acquire() if self.rank == 0 else None
         handler = self._start_logging()
-        restore_threads = self._set_threads(general["num_threads"])
+        restore_threads, general, distributed, wrote_config = (lambda: None), None, False, False
         try:
+            config = self.read_config()
+            general = self.general(config)
+            self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
+            distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"])
+            self.rank, self.world_size = rank_and_world_size()
+            restore_threads = self._set_threads(general["num_threads"])
             if self.rank == 0:
                 self._save_config(config)
+                wrote_config = not self.resume_training
             return self._run(config, general, distributed)
-        except RuntimeError as exc:
-            if distributed and any(w in str(exc).lower() for w in ("timed out", "timeout", "connection", "gloo")):
-                raise RuntimeError(
-                    f"rank {self.rank}: a collective with the other ranks failed ({exc}). Another rank "
-                    f"probably failed; see its traceback. Each rank waits at most "
-                    f"{general['distributed_timeout_seconds']} s (distributed_timeout_seconds).") from exc
+        except BaseException as exc:
+            log_fatal_error(handler, exc)
+            if wrote_config:
+                remove_failed_start(self.experiment_folder)
+            message = describe_collective_failure(exc, self.rank, general["distributed_timeout_seconds"],
+                                                  general["distributed_eval_timeout_seconds"]) \
+                if isinstance(exc, RuntimeError) and distributed and "rank " not in str(exc)[:8] else None
+            if message:
+                raise RuntimeError(message) from exc
             raise
         finally:
             restore_threads()
             if handler is not None:
                 LOGGER.removeHandler(handler)
                 handler.close()
+            if lock is not None:
+                lock.release()
 
     @staticmethod
     def _set_threads(num_threads: int | None):
@@ -309,7 +333,7 @@ class ExperimentRunner:
         model_folder = os.path.join(folder, "saved_models")
         seed = general["seed"]
         seed_all(seed)
-        device = torch.device(general["device"]) if general["device"] else pml_cf.use_cuda_if_available()
+        device = general["device"] or pml_cf.use_cuda_if_available()
         getter = batch_getter(manager.data_and_label_getter_keys)
         all_labels = torch.as_tensor(manager.labels_of(train_data))
         train_idx = torch.as_tensor(indices["train"], dtype=torch.long)
@@ -384,7 +408,17 @@ class ExperimentRunner:
                     record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
                     record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
                 keep_training = eval_hook(trainer) is not False
-            # Every rank must stop at the same epoch, or the others would wait forever in a collective.
+                score = ""
+                if trainer.epoch % general["save_interval"] == 0:
+                    validation = hooks.validation_split_name
+                    best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))
+                    store.save(int(trainer.epoch), checkpoint_objects(), best_epoch)
+                    score = f"best {validation} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
+                    LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
+                progress.update(int(trainer.epoch), score)
+            # Every rank must stop at the same epoch, or the others would wait forever in a collective;
+            # they wait for rank 0's evaluation and checkpoint first, on the long deadline.
+            rank_zero_wait.wait()
             keep_training = broadcast_object(keep_training)
             seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
             return keep_training
@@ -404,22 +438,39 @@ class ExperimentRunner:
             hooks.saveable_trainer_objects.append("controllers")
         if distributed:
             average_gradients_after_backward(trainer)
+        rank_zero_wait = RankZeroWait(general["distributed_timeout_seconds"],
+                                      general["distributed_eval_timeout_seconds"])
+        # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
+        hooks.do_save_models = False
+        store = CheckpointStore(model_folder, os.path.join(folder, "saved_csvs") if self.rank == 0 else None,
+                                record_keeper.save_records if self.rank == 0 else None)
+
+        def checkpoint_objects() -> dict:
+            """Everything a checkpoint saves and a resume restores: ``{file name stem: object with
+            state_dict/load_state_dict}`` (a new stateful object is one more entry)."""
+            return trainer_objects(trainer, hooks.saveable_trainer_objects)
 
         start_epoch = 1
         if self.resume_training:
-            start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
+            start_epoch = store.resume(checkpoint_objects(), device, clean_up=self.rank == 0) + 1
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
             if start_epoch > 1:
                 seed_all(seed + 1000 * (start_epoch - 1))
                 if callable(getattr(unwrap(sampler), "set_epoch", None)):
                     unwrap(sampler).set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
                 updater.refresh()
-        elif self.rank == 0 and general["check_untrained_accuracy"]:
+        if start_epoch == 1 and self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
+            record_keeper.save_records()  # PML's "new best" compares with the saved records: epoch 0 is one
 
+        rank_zero_wait.wait()  # for rank 0's untrained-accuracy check
         num_epochs = general["num_epochs_train"]
         if start_epoch <= num_epochs:
-            trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
+            progress = EpochProgress(f"{self.experiment_name}/{scheme_name}", start_epoch, num_epochs)
+            try:
+                trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
+            finally:
+                progress.close()
             last_epoch = int(trainer.epoch)
         else:
             LOGGER.info("%s: already trained for %d epochs (num_epochs_train=%d)", scheme_name,
@@ -431,9 +482,11 @@ class ExperimentRunner:
             return info, None
         record_keeper.save_records()
         validation = hooks.validation_split_name
-        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation)
+        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))  # a trained epoch
         info.update(best_epoch=best_epoch, best_accuracy=best)
         accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
+        info["split_histories"] = {q: hooks.get_accuracy_history(tester, q, return_all_metrics=True)
+                                   for q, _ in splits_to_eval}
         settings = settings_history(record_keeper)
         info["settings_history"] = settings
         return info, {"primary_metric": hooks.primary_metric, "accuracies": accuracies,
@@ -464,7 +517,12 @@ class ExperimentRunner:
                 attributes_to_search_for=pml_cf.list_of_recordable_attributes_list_names())
         spec = config.get("hook_container") or {"HookContainer": {}}
         name, kwargs = self.registry.parse_spec(spec, config.source_of("hook_container"), "hook_container")
-        kwargs.setdefault("validation_split_name", splits_to_eval[0][0])
+        kwargs.setdefault("validation_split_name",
+                          validation_split(splits_to_eval, config.source_of("splits_to_eval")))
+        if kwargs["validation_split_name"].lower() == "test":
+            raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
+                              "'test' would choose models (best epoch, early stopping) on the test split; "
+                              "choose on a validation split of the training classes (e.g. val)")
         if kwargs["validation_split_name"] not in [q for q, _ in splits_to_eval]:
             raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
                               f"'{kwargs['validation_split_name']}' is not evaluated; splits_to_eval has "

@@ -23,6 +23,7 @@ import types
 from typing import Any, Callable, Iterable
 
 from .config_error import ConfigError
+from .run_guard import check_number_kwargs
 
 __all__ = ["Registry", "register", "default_registry", "KINDS"]
 
@@ -236,6 +237,7 @@ class Registry:
         kwargs = {k: self.build_nested(k, v, source, f"{where}.{k}") for k, v in kwargs.items()}
         for k, v in injected.items():
             kwargs.setdefault(k, v)
+        check_number_kwargs(cls, kwargs, source, where)  # else a string margin fails only in training
         try:
             return cls(**kwargs)
         except ConfigError:

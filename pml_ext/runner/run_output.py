@@ -1,0 +1,94 @@
+"""What ``pml-ext run`` prints: progress and the final table by default, everything with ``--verbose``.
+
+Every message still goes to the experiment's ``run.log``; the console gets warnings, one progress
+line (a bar on a terminal) per method or epoch, and the final table. PML's per-epoch messages
+and tqdm bars of its trainer and tester only appear with ``--verbose``. A warning is shown once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+__all__ = ["PROGRESS", "configure_output", "EpochProgress", "print_user_error"]
+
+LOGGER = logging.getLogger("pml_ext.runner")
+PROGRESS = logging.getLogger("pml_ext.runner.progress")  # one line per finished method; always shown
+
+
+_console: list[logging.Handler] = []
+
+
+def configure_output(verbose: bool) -> None:
+    """Console logging for the command line (a second call replaces the first one's handler)."""
+    root = logging.getLogger()
+    while _console:
+        root.removeHandler(_console.pop())
+    console = logging.StreamHandler(sys.stderr)
+    _console.append(console)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    if not verbose:  # warnings, and the progress lines of the main job
+        console.addFilter(lambda r: r.levelno >= logging.WARNING or r.name == PROGRESS.name)
+    root.addHandler(console)
+    root.setLevel(logging.INFO)
+    LOGGER.setLevel(logging.INFO)  # run.log gets every message whatever the console shows
+    logging.captureWarnings(True)
+    warnings.formatwarning = _one_line_warning
+    warnings.filterwarnings("once")
+    if not verbose:
+        # PML's trainer formats its bar's text from a loss that still requires grad; with the bar off
+        # this says nothing a user can act on (and torch repeats it for every run of the main job).
+        warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
+    _quiet_bars(not verbose)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {category.__name__}: {message} ({os.path.basename(filename)}:{lineno})"
+
+
+def _quiet_bars(quiet: bool) -> None:
+    """PML's trainer and tester draw a tqdm bar per epoch and per evaluation (``tqdm.tqdm(...)``,
+    looked up at each call), which without a terminal become hundreds of lines. Quiet, ``tqdm.tqdm``
+    is a subclass whose bars are off unless a caller passes ``disable`` itself (as
+    :class:`EpochProgress` does)."""
+    import tqdm
+
+    original = getattr(tqdm.tqdm, "_pml_ext_original", tqdm.tqdm)
+    if not quiet:
+        tqdm.tqdm = original
+        return
+
+    class QuietTqdm(original):
+        _pml_ext_original = original
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("disable", True)
+            super().__init__(*args, **kwargs)
+
+    tqdm.tqdm = QuietTqdm
+
+
+class EpochProgress:
+    """One bar over a run's epochs, on a terminal only (without one, the final table says it all)."""
+
+    def __init__(self, name: str, start_epoch: int, num_epochs: int):
+        import tqdm
+
+        self.bar = tqdm.tqdm(total=num_epochs, initial=start_epoch - 1, desc=name, unit="epoch",
+                             disable=not sys.stderr.isatty(), leave=False)
+
+    def update(self, epoch: int, score: str = "") -> None:
+        if score:
+            self.bar.set_postfix_str(score, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def print_user_error(exc: BaseException) -> int:
+    """The console's single ``error: ...`` line; returns the exit status for user errors (2)."""
+    message = " ".join(str(exc).split("\n"))
+    print(f"error: {message}", file=sys.stderr)
+    return 2

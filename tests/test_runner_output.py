@@ -1,0 +1,71 @@
+"""What `pml-ext run` prints and draws (issue 15): a few lines per method without a terminal,
+warnings once, titled plots with whole-number epochs and legends outside the data, and a re-run
+of the main job that replaces its folders."""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.figure  # noqa: E402
+
+from pml_ext.__main__ import main  # noqa: E402
+from pml_ext.runner.experiment_report import ExperimentReport, setting_label  # noqa: E402
+
+SCHEME = "Test50_50_Partitions1_0"
+
+
+def main_job(tmp_path, capsys, monkeypatch, methods, epochs):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    argv = ["run", "--dataset", "digits", "--root_experiment_folder", str(tmp_path), "--methods", *methods,
+            "--num_epochs_train", str(epochs), "--trainer~APPLY~2", "{iterations_per_epoch: 2}"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    return captured.out.splitlines(), captured.err.splitlines()
+
+
+def test_the_main_job_prints_a_few_lines_per_method_and_a_re_run_replaces_its_folders(tmp_path, capsys, monkeypatch):
+    methods = ["pml_triplet_semihard", "lifted_structure"]
+    out, err = main_job(tmp_path, capsys, monkeypatch, methods, 2)
+    # stderr: one progress line per method (plus at most a warning, once); stdout: the table
+    progress = [line for line in err if line.startswith("[")]
+    assert len(progress) == 2 and progress[0].startswith("[1/2] PML") and progress[1].startswith("[2/2] pml_ext")
+    assert len(err) <= 2 * len(methods), err
+    table_rows = len(methods) + 2  # + raw pixels and untrained network
+    assert len([line for line in out if line.strip()]) <= table_rows + 4, out
+    assert not any("\r" in line or "it/s" in line or "TRAINING EPOCH" in line for line in out + err)
+    folder = tmp_path / "main_job"
+    assert {"pml_triplet_semihard", "lifted_structure"} <= set(os.listdir(folder))
+    # a re-run with other methods and epochs: nothing of the first run is left to mix with
+    main_job(tmp_path, capsys, monkeypatch, ["pml_triplet_semihard"], 1)
+    assert "lifted_structure" not in os.listdir(folder)
+    models = os.listdir(folder / "pml_triplet_semihard" / SCHEME / "saved_models")
+    assert "checkpoint_1.json" in models and not any("_2.pth" in m for m in models)
+
+
+def test_plots_have_titles_labels_whole_epochs_and_legends_outside(tmp_path, monkeypatch):
+    figures = []
+    original = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    report = ExperimentReport("mean_average_precision_at_r")
+    for scheme in ("s0", "s1"):
+        report.add(scheme, {"epoch": [1, 2, 3], "mean_average_precision_at_r_level0": [0.1, 0.2, 0.3]},
+                   {"~iteration~": [0, 1, 2], "total_loss": [1.0, 0.9, 0.8]},
+                   [{"epoch": 1, "kappa_kappa": 1.0}, {"epoch": 2, "kappa_kappa": 1.5}])
+    paths = report.write(str(tmp_path / "exp"))
+    assert {os.path.basename(p) for p in paths} >= {"primary_metric.png", "loss.png", "controller_kappa_kappa.png"}
+    assert len(figures) == 3
+    for fig in figures:
+        ax = fig.axes[0]
+        assert ax.get_title().startswith("exp: ") and ax.get_xlabel() and ax.get_ylabel()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert all(float(t).is_integer() for t in ticks), ticks
+        fig.canvas.draw()
+        legend = ax.get_legend().get_window_extent()
+        assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, never over the curves
+    assert figures[2].axes[0].get_ylabel() == "kappa"
+    assert setting_label("ctrl_neg_margin") == "neg_margin (controller ctrl)"
