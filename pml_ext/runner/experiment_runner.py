@@ -30,9 +30,10 @@ from .experiment_config import ExperimentConfig
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .registry import Registry, default_registry
-from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
+from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
                           sql_safe_record_keeper)
+from .run_state import RngStates, stateful_objects
 
 __all__ = ["ExperimentRunner"]
 
@@ -371,10 +372,15 @@ class ExperimentRunner:
                 hooks.end_of_iteration_hook(trainer)
 
         sampler_history: list[dict] = []
+        rng = RngStates()
+        plain = models  # the unwrapped models (trainer.models go under DDP when distributed)
 
         def end_of_epoch(trainer):
             sampler_stats = recordable_statistics(unwrap(sampler))  # the epoch just trained, before refresh
             settings = updater.end_of_epoch(trainer)
+            # The next epoch's stream, the same on every rank; kept (and saved) through rank 0's evaluation.
+            seed_all(seed + 1000 * int(trainer.epoch))
+            rng.snapshot()
             keep_training = True
             if self.rank == 0:
                 if sampler_stats:
@@ -383,10 +389,14 @@ class ExperimentRunner:
                 if controllers:
                     record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
                     record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
-                keep_training = eval_hook(trainer) is not False
+                with plain_models(trainer, plain):
+                    keep_training = eval_hook(trainer) is not False
+            rng.restore()
             # Every rank must stop at the same epoch, or the others would wait forever in a collective.
             keep_training = broadcast_object(keep_training)
-            seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
+            # Every epoch is a fresh pass over the sampler, as after a resume (PML's trainer would
+            # carry a partly used pass over into the next epoch when iterations_per_epoch is set).
+            trainer.dataloader_iter = iter(trainer.dataloader)
             return keep_training
 
         trainer = self.registry.build(
@@ -399,24 +409,25 @@ class ExperimentRunner:
         self.objects[scheme_name] = {"models": models, "loss_funcs": loss_funcs, "mining_funcs": mining_funcs,
                                      "sampler": sampler, "controllers": controllers, "trainer": trainer,
                                      "tester": tester, "hooks": hooks, "eval_sets": eval_sets}
-        if controllers:
-            trainer.controllers = updater.saveable_controllers
-            hooks.saveable_trainer_objects.append("controllers")
-        if distributed:
-            average_gradients_after_backward(trainer)
+        # Saved with the models (HookContainer saves mining_funcs itself): a resumed run continues exactly.
+        run_state = stateful_objects(sampler, mining_funcs, updater.saveable_controllers, rng)
+        trainer.run_state = {k: v for k, v in run_state.items() if not k.startswith("miner_")}
+        hooks.saveable_trainer_objects.append("run_state")
 
         start_epoch = 1
         if self.resume_training:
             start_epoch = hooks.load_latest_saved_models(trainer, model_folder, device)
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
-            if start_epoch > 1:
+            if start_epoch > 1 and not rng.loaded:  # a checkpoint saved without the run's states
                 seed_all(seed + 1000 * (start_epoch - 1))
                 if callable(getattr(unwrap(sampler), "set_epoch", None)):
-                    unwrap(sampler).set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
+                    unwrap(sampler).set_epoch(start_epoch)
                 updater.refresh()
         elif self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
 
+        if distributed:
+            wrap_models_for_ddp(trainer, device)  # after loading: DDP broadcasts rank 0's weights
         num_epochs = general["num_epochs_train"]
         if start_epoch <= num_epochs:
             trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)

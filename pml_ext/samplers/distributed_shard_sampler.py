@@ -24,8 +24,10 @@ class DistributedShardSampler(EpochSampler):
     the same number of steps (DDP needs that unless the training loop handles it).
 
     Epochs are numbered as ``EpochSampler`` numbers them; the number is passed on to the
-    wrapped sampler's ``set_epoch`` when it has one. ``update(...)`` is forwarded to the
-    wrapped sampler, so the config runner's per-epoch protocol works unchanged.
+    wrapped sampler's ``set_epoch`` when it has one. ``state_dict`` holds the epoch counters
+    only; the wrapped sampler's state is its own (``pml_ext.runner.run_state`` saves every
+    layer). ``update(...)`` is forwarded to the wrapped sampler, so the config runner's
+    per-epoch protocol works unchanged.
     """
 
     def __init__(self, sampler, batch_size: int, rank: int | None = None,
@@ -44,16 +46,6 @@ class DistributedShardSampler(EpochSampler):
         total = len(self.sampler)
         full, rest = divmod(total, self.batch_size)
         return [self.batch_size] * full + ([rest] if rest else [])
-
-    def state_dict(self) -> dict:
-        """The epoch counters, and the wrapped sampler's state when it has one."""
-        inner = self.sampler.state_dict() if callable(getattr(self.sampler, "state_dict", None)) else None
-        return {**super().state_dict(), "sampler": inner}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        if state.get("sampler") is not None and callable(getattr(self.sampler, "load_state_dict", None)):
-            self.sampler.load_state_dict(state["sampler"])
 
     def update(self, *args, **kwargs):
         return self.sampler.update(*args, **kwargs)
