@@ -76,6 +76,7 @@ class ComparisonRunner:
         self.overrides = list(items)
         self.root_config_folder = root_config_folder
         self.registry = registry
+        self.rank = 0
 
     def methods(self) -> list[dict]:
         """Every method file as ``{"key", "name", "order", "requires", "config", "missing"}``."""
@@ -122,6 +123,10 @@ class ComparisonRunner:
         (``settings_history``)."""
         import tqdm
 
+        from ..utils.distributed import init_from_env, rank_and_world_size
+
+        init_from_env()  # under torchrun: only rank 0 replaces folders and writes the table and plot
+        self.rank = rank_and_world_size()[0]
         rows, curves, skipped, untrained, raw, histories = [], {}, [], None, None, {}
         for method in tqdm.tqdm(self.methods(), desc="main job: methods"):
             if method["missing"]:
@@ -151,8 +156,8 @@ class ComparisonRunner:
             rows.insert(0, {"method": "raw pixels, L2-normalised (no network)", **raw, "epochs": 0,
                             "wall time (s)": None, "notes": ""})
         table = self.table(rows)
-        plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves else None
-        if rows:
+        plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves and self.rank == 0 else None
+        if rows and self.rank == 0:
             import pandas as pd
 
             pd.DataFrame(rows).to_csv(os.path.join(self.folder, "comparison.csv"), index=False)
@@ -161,7 +166,11 @@ class ComparisonRunner:
 
     def _run_method(self, method: dict, check_untrained: bool) -> tuple[ExperimentRunner, dict, dict]:
         """Train one method in a fresh folder; returns its runner, summary and table row."""
-        self._fresh_folder(method["key"])
+        from ..utils.distributed import broadcast_object
+
+        if self.rank == 0:
+            self._fresh_folder(method["key"])
+        broadcast_object(None)  # the other ranks wait until the folder is fresh
         LOGGER.info("Main job: %s", method["name"])
         start = time.time()
         skip_untrained = [] if check_untrained else [("check_untrained_accuracy", False)]

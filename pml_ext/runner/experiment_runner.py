@@ -208,6 +208,8 @@ class ExperimentRunner:
         handler = self._start_logging()
         restore_threads = self._set_threads(general["num_threads"])
         try:
+            if distributed:  # every rank has read the config before rank 0 writes the experiment's folder
+                torch.distributed.barrier()
             if self.rank == 0:
                 self._save_config(config)
             return self._run(config, general, distributed)

@@ -46,13 +46,11 @@ class _WholeBatches(torch.utils.data.Sampler):
 def distribute(loss_funcs, mining_funcs, sampler, num_train: int, batch_size: int, seed: int, rank: int,
                world_size: int):
     """PML's distributed wrappers around the losses and miners, and a sampler giving this rank its batches."""
-    from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
-
     from ..samplers.distributed_shard_sampler import DistributedShardSampler
     from ..samplers.epoch_sampler import EpochSampler
 
     loss_funcs = {k: distributed_loss(v, f"loss_funcs.{k}") for k, v in loss_funcs.items()}
-    mining_funcs = {k: DistributedMinerWrapper(v) for k, v in mining_funcs.items()}
+    mining_funcs = {k: distributed_miner(v) for k, v in mining_funcs.items()}
     if sampler is None:
         # Every rank draws the same permutation from the same seed, then keeps its batches.
         sampler = torch.utils.data.RandomSampler(range(num_train), generator=torch.Generator().manual_seed(seed))
@@ -72,7 +70,7 @@ def distributed_loss(loss: Any, name: str = "loss") -> torch.nn.Module:
     ``MultipleLosses`` gets one wrapper per member loss (and a ``DistributedMinerWrapper`` per
     member miner), which sums the same weighted members as the single process on the concatenated batch."""
     from pytorch_metric_learning.losses import BaseMetricLossFunction, CrossBatchMemory, MultipleLosses
-    from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
+    from pytorch_metric_learning.utils.distributed import DistributedLossWrapper
 
     if isinstance(loss, MultipleLosses):
         keys = list(loss.losses.keys()) if loss.is_dict else range(len(loss.losses))
@@ -80,7 +78,7 @@ def distributed_loss(loss: Any, name: str = "loss") -> torch.nn.Module:
         miners = None
         if loss.miners is not None:
             members = [loss.miners[k] if (not loss.is_dict or k in loss.miners) else None for k in keys]
-            miners = [None if m is None else DistributedMinerWrapper(m) for m in members]
+            miners = [None if m is None else distributed_miner(m) for m in members]
         if loss.is_dict:
             losses, miners = dict(zip(keys, losses)), None if miners is None else {
                 k: m for k, m in zip(keys, miners) if m is not None}
@@ -89,6 +87,34 @@ def distributed_loss(loss: Any, name: str = "loss") -> torch.nn.Module:
         raise TypeError(f"{name}: {type(loss).__name__} cannot be computed across ranks: PML's "
                         f"DistributedLossWrapper takes a BaseMetricLossFunction, CrossBatchMemory or MultipleLosses")
     return DistributedLossWrapper(loss)
+
+
+def distributed_miner(miner: Any) -> torch.nn.Module:
+    """PML's ``DistributedMinerWrapper``, mining the gathered batch in rank order.
+
+    PML's wrapper puts this rank's rows first, so each rank mines a differently ordered batch;
+    a miner that draws at random (``IsometricHardMiner``, in-batch ``SmartMiner``) would then
+    pick different tuples on each rank. Here every rank mines the batch in rank order, as one
+    process mines the concatenated batch, and the tuples are mapped back to PML's order (the
+    order ``DistributedLossWrapper`` gathers in).
+    """
+    from pytorch_metric_learning.utils import distributed as pml_dist
+
+    class RankOrderedMinerWrapper(pml_dist.DistributedMinerWrapper):
+        def forward(self, emb, labels, ref_emb=None, ref_labels=None):
+            world_size = torch.distributed.get_world_size()
+            if world_size <= 1 or ref_emb is not None or self.efficient:
+                return super().forward(emb, labels, ref_emb, ref_labels)
+            all_emb, all_labels, _, _, _ = pml_dist.gather_emb_and_ref(emb, labels)
+            rank, size = torch.distributed.get_rank(), emb.shape[0]
+            # Block q of the rank order is block 0 (q == rank), q + 1 (q < rank) or q of PML's order.
+            blocks = torch.arange(world_size, device=emb.device)
+            blocks = torch.where(blocks == rank, 0, torch.where(blocks < rank, blocks + 1, blocks))
+            order = (blocks.unsqueeze(1) * size + torch.arange(size, device=emb.device)).flatten()
+            tuples = self.miner(all_emb[order], all_labels[order])
+            return tuple(order[t] for t in tuples)
+
+    return RankOrderedMinerWrapper(miner)
 
 
 def _trainable(module: Any) -> bool:
