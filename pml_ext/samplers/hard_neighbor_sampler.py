@@ -8,6 +8,7 @@ import torch
 
 from ..index.embedding_index import EmbeddingIndex
 from ..utils.checks import check_embeddings, check_int, check_labels
+from ..utils.classes import group_by_class
 from .epoch_sampler import EpochSampler
 
 __all__ = ["HardNeighborSampler"]
@@ -87,10 +88,9 @@ class HardNeighborSampler(EpochSampler):
             raise ValueError(f"length_before_new_iter={length} is shorter than one batch of {batch_size}")
 
         # Members of class c are self._by_class[self._class_start[c] : ... + self._class_count[c]].
-        classes, self._class_of, self._class_count = torch.unique(
-            self.labels, return_inverse=True, return_counts=True)
-        self._by_class = torch.argsort(self._class_of, stable=True)
-        self._class_start = torch.cumsum(self._class_count, 0) - self._class_count
+        classes = group_by_class(self.labels)
+        self._class_of, self._class_count = classes.of, classes.count
+        self._by_class, self._class_start = classes.order, classes.start
         self._pair_classes = (self._class_count >= 2).nonzero().flatten()
         if self._pair_classes.numel() < self.pairs_per_batch:
             raise ValueError(
@@ -105,10 +105,15 @@ class HardNeighborSampler(EpochSampler):
         self.hard_negatives: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ refresh
-    def update(self, embeddings_or_index) -> "HardNeighborSampler":
+    def update(self, embeddings_or_index, labels: torch.Tensor | None = None) -> "HardNeighborSampler":
         """Refresh the hard negatives from ``Tensor[N, d]`` embeddings (in dataset order)
-        or from an already built ``EmbeddingIndex`` over the N samples. Call once per epoch."""
+        or from an already built ``EmbeddingIndex`` over the N samples. Call once per epoch.
+
+        ``labels`` (``LongTensor[N]``, optional; the ``EpochUpdatable`` protocol passes them)
+        must be the sampler's own labels."""
         num_points = self.labels.shape[0]
+        if labels is not None and not torch.equal(torch.as_tensor(labels).cpu().long(), self.labels):
+            raise ValueError("labels must be the labels the sampler was built with, in the same order")
         if isinstance(embeddings_or_index, EmbeddingIndex):
             index = embeddings_or_index
             if index.num_points != num_points:
