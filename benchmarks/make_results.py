@@ -9,7 +9,7 @@ import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ORDER = ["glyphs", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index", "smart", "controller",
-         "isometric", "runner", "accuracy"]
+         "isometric", "runner", "runner_import", "runner_ddp", "accuracy"]
 HEADER = """# Benchmark results
 
 Every figure below names the command that produced it and its date. The machine: 2 cores,

@@ -158,26 +158,17 @@ def plain_models(trainer, plain: dict[str, torch.nn.Module]) -> Iterator[None]:
 def embed_training_set(models, dataset, labels: torch.Tensor, device, getter, rank: int, world_size: int,
                        distributed: bool):
     """``(embeddings [N, d], labels [N])`` of the training set; each rank embeds a shard when distributed."""
-    import tqdm
-
     from ..utils.distributed import gather_training_set
+    from ..utils.inference import compute_embeddings
 
     positions = torch.arange(len(dataset))
     if distributed:
         positions = positions[rank::world_size]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, positions.tolist()),
-                                         batch_size=256, shuffle=False, num_workers=0)
-    was_training = {k: m.training for k, m in models.items()}
-    for m in models.values():
-        m.eval()
-    chunks = []
-    with torch.no_grad():
-        for batch in tqdm.tqdm(loader, desc="embedding the training set", leave=False):
-            data, _ = getter(batch)
-            chunks.append(models["embedder"](models["trunk"](data.to(device))).detach())
-    for k, m in models.items():
-        m.train(was_training[k])
-    embeddings = torch.cat(chunks) if chunks else torch.zeros(0, 1, device=device)
+    if positions.numel() == 0:
+        embeddings = torch.zeros(0, 1, device=device)
+    else:
+        embeddings, _ = compute_embeddings(models["trunk"], torch.utils.data.Subset(dataset, positions.tolist()),
+                                           256, device, embedder=models["embedder"], data_and_label_getter=getter)
     if distributed:
         return gather_training_set(embeddings, labels[positions].to(device), positions.to(device))
     return embeddings, labels.to(device)

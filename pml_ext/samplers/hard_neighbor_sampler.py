@@ -6,7 +6,6 @@ from typing import Iterator
 
 import torch
 
-from ..index.embedding_index import EmbeddingIndex
 from ..utils.checks import check_embeddings, check_int, check_labels
 from ..utils.classes import group_by_class
 from .epoch_sampler import EpochSampler
@@ -98,6 +97,8 @@ class HardNeighborSampler(EpochSampler):
                 f"found {self._pair_classes.numel()}")
 
         # The index's arguments are checked now (no FAISS call), not at the first update.
+        from ..index.embedding_index import EmbeddingIndex  # FAISS loads with a sampler, not with pml_ext
+
         EmbeddingIndex(method, distance, num_threads, seed)
         self.method, self.distance, self.num_threads = method, distance, num_threads
         self.num_updates = 0
@@ -111,6 +112,8 @@ class HardNeighborSampler(EpochSampler):
 
         ``labels`` (``LongTensor[N]``, optional; the ``EpochUpdatable`` protocol passes them)
         must be the sampler's own labels."""
+        from ..index.embedding_index import EmbeddingIndex
+
         num_points = self.labels.shape[0]
         if labels is not None and not torch.equal(torch.as_tensor(labels).cpu().long(), self.labels):
             raise ValueError("labels must be the labels the sampler was built with, in the same order")
