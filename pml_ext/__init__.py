@@ -1,31 +1,46 @@
 """pml_ext: lifted structured loss, smart mining and isometry-aware hard mining for
-pytorch-metric-learning. Every public class is importable from here."""
+pytorch-metric-learning. Every public class is importable from here.
+
+Names are imported on first use (PEP 562 module ``__getattr__``): ``import pml_ext`` loads
+neither torch, scikit-learn, FAISS, YAML nor the runner until a name that needs them is used.
+"""
+from __future__ import annotations
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-from .datasets import Digits, digits_split, Glyphs, glyphs_split
-from .models import MLP, GlyphCNN
-from .samplers.distributed_shard_sampler import DistributedShardSampler
-from .losses.lifted_structure_loss import LiftedStructureLoss
-from .index.embedding_index import EmbeddingIndex
-from .miners.smart_triplets import smart_triplets
-from .miners.smart_miner import SmartMiner
-from .samplers.smart_batch_sampler import SmartBatchSampler
-from .losses.global_loss import GlobalLoss
-from .losses.ratio_triplet_loss import RatioTripletLoss
-from .utils.inference import compute_embeddings
-from .samplers.hard_neighbor_sampler import HardNeighborSampler
-from .runner.registry import register
-from .runner.npz_features import NpzFeatures
-from .runner.split_manager import ClassDisjointSplitManager
-from .runner.experiment_runner import ExperimentRunner
-from .runner.comparison_runner import ComparisonRunner
-from .runner.checkpoint_store import CheckpointError, CheckpointStore
-from .runner.experiment_lock import ExperimentLock, ExperimentLocked
-from .hooks.adaptive_controller import AdaptiveController
-from .hooks.fraction_active_meter import FractionActiveMeter
-from .hooks.control_rule import ControlRule
-from .hooks.least_squares_rule import LeastSquaresRule
-from .hooks.proportional_rule import ProportionalRule
-from .miners.isometric_hard_miner import IsometricHardMiner
-from .utils.accuracy_calculator import AccuracyCalculator
+# public name -> the module that defines it
+_EXPORTS = {
+    "Digits": "datasets", "digits_split": "datasets", "Glyphs": "datasets", "glyphs_split": "datasets",
+    "MLP": "models", "GlyphCNN": "models",
+    "EpochSampler": "samplers.epoch_sampler",
+    "DistributedShardSampler": "samplers.distributed_shard_sampler",
+    "HardNeighborSampler": "samplers.hard_neighbor_sampler",
+    "SmartBatchSampler": "samplers.smart_batch_sampler",
+    "LiftedStructureLoss": "losses.lifted_structure_loss",
+    "GlobalLoss": "losses.global_loss",
+    "RatioTripletLoss": "losses.ratio_triplet_loss",
+    "EmbeddingIndex": "index.embedding_index",
+    "smart_triplets": "miners.smart_triplets",
+    "SmartMiner": "miners.smart_miner",
+    "IsometricHardMiner": "miners.isometric_hard_miner",
+    "compute_embeddings": "utils.inference",
+    "AccuracyCalculator": "utils.accuracy_calculator",
+    "register": "runner.registry",
+    "NpzFeatures": "runner.npz_features",
+    "ClassDisjointSplitManager": "runner.split_manager",
+    "ExperimentRunner": "runner.experiment_runner",
+    "ComparisonRunner": "runner.comparison_runner",
+    "CheckpointError": "runner.checkpoint_store", "CheckpointStore": "runner.checkpoint_store",
+    "ExperimentLock": "runner.experiment_lock", "ExperimentLocked": "runner.experiment_lock",
+    "AdaptiveController": "hooks.adaptive_controller",
+    "FractionActiveMeter": "hooks.fraction_active_meter",
+    "ControlRule": "hooks.control_rule",
+    "LeastSquaresRule": "hooks.least_squares_rule",
+    "ProportionalRule": "hooks.proportional_rule",
+}
+_SUBPACKAGES = ("datasets", "hooks", "index", "losses", "miners", "models", "runner", "samplers", "utils")
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS, _SUBPACKAGES)

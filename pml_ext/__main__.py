@@ -133,6 +133,8 @@ def run(argv: Sequence[str]) -> int:
                               root_config_folder=options.get("root_config_folder"),
                               dataset=None if dataset == "none" else dataset)
     result = runner.run()
+    if runner.rank != 0:  # under torchrun, rank 0 prints the table
+        return 0
     print(f"\nMain job: {runner.title} (test split, at the epoch each method's val split chose)")
     print(result["table"])
     for skipped in result["skipped"]:

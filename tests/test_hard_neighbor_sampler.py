@@ -79,7 +79,8 @@ def test_same_seed_same_batches_and_epochs_differ():
     e1, e2 = list(s1), list(s2)
     assert e1 == e2
     assert list(s1) != e1  # the next epoch is a new draw
-    s2.set_epoch(0)
+    assert (s1.epoch, s2.epoch) == (2, 1)  # epochs count from 1
+    s2.set_epoch(1)
     assert list(s2) == e1
     assert list(HardNeighborSampler(labels, 24, seed=8).update(x)) != e1
 

@@ -167,14 +167,8 @@ class TwoArgs(Recorder):
         self.calls.append(("two", embeddings.shape, labels.shape))
 
 
-class OneArg(Recorder):
-    def update(self, embeddings):
-        self.calls.append(("one", embeddings.shape))
-
-
-class VarArgs(Recorder):
-    def update(self, *args):
-        self.calls.append(("var", len(args)))
+class NoUpdate(Recorder):
+    pass
 
 
 class DrivingSampler(Recorder):
@@ -186,16 +180,25 @@ class DrivingSampler(Recorder):
         self.calls.append("sampler")
 
 
-def test_update_gets_as_many_arguments_as_its_signature_takes():
+def test_updatables_and_controllers_are_recognised_by_their_protocols():
+    from pml_ext import AdaptiveController, HardNeighborSampler, SmartBatchSampler, SmartMiner
+    from pml_ext.utils.protocols import Controller, EpochUpdatable
+
     emb, labels = torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)
-    for obj, expected in ((TwoArgs(), ("two", (5, 3), (5,))), (OneArg(), ("one", (5, 3))), (VarArgs(), ("var", 2))):
-        EpochUpdater.call_update(obj, emb, labels)
-        assert obj.calls == [expected]
+    for cls in (SmartMiner, SmartBatchSampler, HardNeighborSampler, TwoArgs):
+        assert issubclass(cls, EpochUpdatable), cls
+    assert not issubclass(NoUpdate, EpochUpdatable)
+    assert issubclass(AdaptiveController, Controller) and not issubclass(TwoArgs, Controller)
+    obj = TwoArgs()
+    EpochUpdater.call_update(obj, emb, labels)
+    assert obj.calls == [("two", (5, 3), (5,))]
+    updater = EpochUpdater({"a": TwoArgs(), "b": NoUpdate()}, None, {}, lambda: (emb, labels))
+    assert [name for name, _ in updater.updatables] == ["mining_funcs.a"]
 
 
 def test_a_miner_that_a_sampler_drives_is_left_to_it_and_controllers_step_before_updates():
     order = []
-    miner, other = TwoArgs(), OneArg()
+    miner, other = TwoArgs(), TwoArgs()
     sampler = DrivingSampler(miner)
 
     class Controller:
@@ -218,4 +221,4 @@ def test_a_miner_that_a_sampler_drives_is_left_to_it_and_controllers_step_before
     updater.end_of_iteration()
     settings = updater.end_of_epoch(types.SimpleNamespace(epoch=1))
     assert order == ["observe", "step", "embed"] and settings == {"c_margin": 0.5}
-    assert miner.calls == [] and other.calls == [("one", (4, 2))] and sampler.calls == ["sampler"]
+    assert miner.calls == [] and other.calls == [("two", (4, 2), (4,))] and sampler.calls == ["sampler"]

@@ -18,20 +18,9 @@ from typing import Any, Callable
 
 import torch
 
+from ..utils.dotted_path import resolve  # noqa: F401  (re-exported: the one resolver)
+
 __all__ = ["resolve", "as_number", "check_bounds", "known_sign", "declared_range"]
-
-
-def resolve(root: Any, path: str, arg: str) -> tuple[Any, str]:
-    """``(owner, last_name)`` for a dotted ``path`` under ``root``; ValueError naming ``arg``."""
-    parts = path.split(".")
-    owner = root
-    for i, part in enumerate(parts):
-        if not part or not hasattr(owner, part):
-            where = type(owner).__name__ + ("" if i == 0 else f" (at '{'.'.join(parts[:i])}')")
-            raise ValueError(f"{arg} '{path}' not found: {where} has no attribute '{part}'")
-        if i < len(parts) - 1:
-            owner = getattr(owner, part)
-    return owner, parts[-1]
 
 
 def as_number(value: Any, arg: str) -> float:

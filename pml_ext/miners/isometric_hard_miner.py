@@ -206,6 +206,16 @@ class IsometricHardMiner(BaseMiner):
         keys = keys.masked_fill(~neg, 2.0)  # every negative's key (< 1) sorts before any non-negative
         return keys.topk(cap, dim=1, largest=False).indices
 
+    def get_extra_state(self) -> dict:
+        """``state_dict()``'s ``_extra_state``: the sampling generators, so a resumed run draws on."""
+        return {"generators": {key: gen.get_state() for key, gen in self._generators.items()}}
+
+    def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("generators"), dict):
+            raise ValueError("state must hold 'generators' (an IsometricHardMiner.state_dict())")
+        for key, gen_state in state["generators"].items():
+            self._generator(torch.device(key)).set_state(gen_state)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
         if key not in self._generators:

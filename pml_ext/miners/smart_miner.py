@@ -213,6 +213,33 @@ class SmartMiner(BaseMiner):
         self.num_updates += 1
         return self.triplets
 
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self) -> dict:
+        """What ``state_dict()`` holds beyond parameters (``_extra_state``): both generators, the
+        epoch's triplets and counts, and ``kappa``, so a resumed run mines as the uninterrupted one."""
+        return {"kappa": self.kappa, "update_generator": self._update_generator.get_state(),
+                "batch_generator": self._batch_generator.get_state(), "triplets": self.triplets,
+                "triplet_is_mined": self.triplet_is_mined, "triplet_is_random": self.triplet_is_random,
+                "labels": self.labels, "epoch_counts": dict(self._epoch_counts),
+                "epoch_fraction_active": self.epoch_fraction_active, "num_updates": self.num_updates}
+
+    def set_extra_state(self, state: dict) -> None:
+        missing = sorted({"kappa", "update_generator", "batch_generator", "triplets"} - set(state))
+        if missing:
+            raise ValueError(f"state is missing {missing} (a SmartMiner.state_dict())")
+        triplets = state["triplets"]
+        if triplets is not None and (len(triplets) != 3 or not all(torch.is_tensor(t) for t in triplets)):
+            raise ValueError("state['triplets'] must be None or three LongTensors (anchors, positives, negatives)")
+        self.kappa = state["kappa"]
+        self._update_generator.set_state(state["update_generator"])
+        self._batch_generator.set_state(state["batch_generator"])
+        self.triplets = None if triplets is None else tuple(triplets)
+        self.triplet_is_mined, self.triplet_is_random = state.get("triplet_is_mined"), state.get("triplet_is_random")
+        self.labels = state.get("labels")
+        self._epoch_counts = dict(state.get("epoch_counts", self._epoch_counts))
+        self.epoch_fraction_active = float(state.get("epoch_fraction_active", 0.0))
+        self.num_updates = int(state.get("num_updates", 0))
+
     # ------------------------------------------------------------------ records
     def _fraction_active(self, sq_ap: torch.Tensor, sq_an: torch.Tensor) -> float:
         if sq_ap.numel() == 0:

@@ -43,11 +43,10 @@ no other class. Both emit nothing and are counted in ``num_dropped``.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from ..utils.checks import check_finite, check_labels, check_positive
+from ..utils.classes import Classes, group_by_class
 
 __all__ = ["smart_triplets", "random_triplets"]
 
@@ -55,30 +54,8 @@ __all__ = ["smart_triplets", "random_triplets"]
 _CHUNK_ELEMENTS = 4_000_000
 
 
-class _Classes(NamedTuple):
-    """The reference set grouped by class, for uniform draws of class members."""
-
-    values: torch.Tensor  # [C] sorted distinct labels
-    count: torch.Tensor   # [C] members per class
-    start: torch.Tensor   # [C] offset of each class in `order`
-    order: torch.Tensor   # [M] reference indices sorted by class (stable)
-    rank: torch.Tensor    # [M] position of each reference sample within its class
-    of: torch.Tensor      # [M] class id of each reference sample
-
-
-def _group_by_class(ref_labels: torch.Tensor) -> _Classes:
-    # A stable sort and its run boundaries: torch.unique(return_inverse=True) is ~50x slower on CPU.
-    sorted_labels, order = torch.sort(ref_labels, stable=True)
-    num = sorted_labels.shape[0]
-    new_run = torch.ones(num, dtype=torch.bool, device=ref_labels.device)
-    new_run[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    start = new_run.nonzero().flatten()
-    count = torch.diff(start, append=torch.tensor([num], device=start.device))
-    of = torch.empty_like(order)
-    of[order] = torch.cumsum(new_run, 0) - 1
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(num, device=order.device) - start[of[order]]
-    return _Classes(sorted_labels[start], count, start, order, rank, of)
+# One group-by-class helper for the package (a stable sort, ~50x faster than torch.unique on CPU).
+_Classes, _group_by_class = Classes, group_by_class
 
 
 def _class_ids(classes: _Classes, labels: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ the same seeded initialisation for every method) and the raw pixels, L2-normalis
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -77,6 +78,7 @@ class ComparisonRunner:
         self.overrides = list(items)
         self.root_config_folder = root_config_folder
         self.registry = registry
+        self.rank = 0
 
     def methods(self) -> list[dict]:
         """Every method file as ``{"key", "name", "order", "requires", "config", "missing"}``."""
@@ -124,9 +126,16 @@ class ComparisonRunner:
         ``histories[method]`` holds the per-epoch ``metrics`` rows (epoch 0 = untrained), the
         sampler's recorded statistics (``sampler_history``) and the controlled settings
         (``settings_history``)."""
+        from ..utils.distributed import broadcast_object, init_from_env, rank_and_world_size
+
         methods = self.methods()
-        with ExperimentLock(self.folder):  # one main job per root folder at a time
-            self._fresh_root()
+        init_from_env()  # under torchrun: only rank 0 locks, replaces folders and writes the table and plot
+        self.rank = rank_and_world_size()[0]
+        # one main job per root folder at a time; the other ranks of this job are not writers
+        with ExperimentLock(self.folder) if self.rank == 0 else contextlib.nullcontext():
+            if self.rank == 0:
+                self._fresh_root()
+            broadcast_object(None)  # the other ranks wait until the folder is fresh
             return self._run_methods(methods)
 
     def _run_methods(self, methods: list[dict]) -> dict:
@@ -164,8 +173,8 @@ class ComparisonRunner:
             rows.insert(0, {"method": "raw pixels, L2-normalised (no network)", **raw, "epochs": 0,
                             "chosen epoch": None, "wall time (s)": None, "notes": ""})
         table = self.table(rows)
-        plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves else None
-        if rows:
+        plot = self.plot(curves, raw["MAP@R"] if raw else None) if curves and self.rank == 0 else None
+        if rows and self.rank == 0:
             import pandas as pd
 
             from .checkpoint_store import atomic_write

@@ -1,28 +1,28 @@
 """The run's per-iteration and per-epoch calls to objects that look beyond the batch.
 
-Two protocols, both duck-typed so that any class following them joins in without the
-runner knowing it:
+Two protocols (``pml_ext.utils.protocols``), structural, so that any class following them
+joins in without the runner knowing it:
 
-- **update**: a miner or sampler with an ``update(...)`` method (``SmartMiner.update(
-  embeddings, labels)``, ``SmartBatchSampler.update(...)``, ``HardNeighborSampler.update(
-  embeddings)``) gets the embeddings of the whole training set, recomputed at the end of
-  each epoch. How many arguments it gets follows its signature: two or more positional
-  parameters (or ``*args``) -> ``(embeddings, labels)``; one -> ``(embeddings)``; none -> ``()``.
-  Miners are updated before samplers, because a sampler may draw on a miner's triplets;
-  a miner that a sampler holds as its ``miner`` attribute is left to that sampler
-  (``SmartBatchSampler.update`` runs its miner's update itself, and skips it during warm-up).
-- **controller**: an object with ``observe()`` (called after every iteration) and
-  ``step()`` (called at the end of every epoch, before the updates), e.g.
-  ``AdaptiveController``. The setting it steers (``module.attribute``) is recorded per
-  epoch and saved with the models, so a resumed run continues with the same setting.
+- ``EpochUpdatable``: a miner or sampler with ``update(embeddings, labels)`` (``SmartMiner``,
+  ``SmartBatchSampler``, ``HardNeighborSampler``) gets the embeddings of the whole training
+  set, recomputed at the end of each epoch. Miners are updated before samplers, because a
+  sampler may draw on a miner's triplets; a miner that a sampler holds as its ``miner``
+  attribute is left to that sampler (``SmartBatchSampler.update`` runs its miner's update
+  itself, and skips it during warm-up).
+- ``Controller``: an object with ``observe()`` (called after every iteration) and ``step()``
+  (called at the end of every epoch, before the updates), e.g. ``AdaptiveController``. The
+  setting it steers (``module.attribute``) is recorded per epoch and saved with the models
+  (``run_state``), so a resumed run continues with the same setting.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Callable
 
 import torch
+
+from ..utils.dotted_path import resolve
+from ..utils.protocols import EpochUpdatable
 
 __all__ = ["EpochUpdater", "resolve_attribute", "unwrap"]
 
@@ -46,10 +46,7 @@ def unwrap(obj: Any) -> Any:
 
 def resolve_attribute(module: Any, attribute: str) -> tuple[Any, str]:
     """``(owner, name)`` of a possibly dotted ``attribute`` of ``module`` (``"miner.margin"``)."""
-    *path, name = attribute.split(".")
-    for part in path:
-        module = getattr(module, part)
-    return module, name
+    return resolve(module, attribute, "attribute")
 
 
 class _ControllerState:
@@ -91,7 +88,7 @@ class EpochUpdater:
         seen: set[int] = set()
         self.updatables: list[tuple[str, Any]] = []
         for name, obj in candidates:
-            if callable(getattr(obj, "update", None)) and id(obj) not in seen | driven:
+            if isinstance(obj, EpochUpdatable) and id(obj) not in seen | driven:
                 seen.add(id(obj))
                 self.updatables.append((name, obj))
         self.controllers = dict(controllers)
@@ -110,13 +107,9 @@ class EpochUpdater:
                 for name, (_, module, attr) in self.controllers.items()}
 
     @staticmethod
-    def call_update(obj: Any, embeddings: torch.Tensor, labels: torch.Tensor) -> Any:
-        """``obj.update`` with as many of ``(embeddings, labels)`` as its signature takes."""
-        params = inspect.signature(obj.update).parameters.values()
-        if any(p.kind == p.VAR_POSITIONAL for p in params):
-            return obj.update(embeddings, labels)
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        return obj.update(*(embeddings, labels)[: min(len(positional), 2)])
+    def call_update(obj: EpochUpdatable, embeddings: torch.Tensor, labels: torch.Tensor) -> Any:
+        """``obj.update(embeddings, labels)`` (the ``EpochUpdatable`` protocol)."""
+        return obj.update(embeddings, labels)
 
     def end_of_iteration(self, trainer=None) -> None:
         for controller, _, _ in self.controllers.values():

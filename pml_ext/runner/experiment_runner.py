@@ -36,9 +36,10 @@ from .rank_wait import RankZeroWait, describe_collective_failure
 from .run_output import EpochProgress
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
                         log_fatal_error, remove_failed_start, validation_split)
-from .run_distribution import average_gradients_after_backward, distribute, embed_training_set
+from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
                           sql_safe_record_keeper)
+from .run_state import RngStates, stateful_objects
 
 __all__ = ["ExperimentRunner"]
 
@@ -225,6 +226,8 @@ class ExperimentRunner:
             distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"])
             self.rank, self.world_size = rank_and_world_size()
             restore_threads = self._set_threads(general["num_threads"])
+            if distributed:  # every rank has read the config before rank 0 writes the experiment's folder
+                torch.distributed.barrier()
             if self.rank == 0:
                 self._save_config(config)
                 wrote_config = not self.resume_training
@@ -395,10 +398,15 @@ class ExperimentRunner:
                 hooks.end_of_iteration_hook(trainer)
 
         sampler_history: list[dict] = []
+        rng = RngStates()
+        plain = models  # the unwrapped models (trainer.models go under DDP when distributed)
 
         def end_of_epoch(trainer):
             sampler_stats = recordable_statistics(unwrap(sampler))  # the epoch just trained, before refresh
             settings = updater.end_of_epoch(trainer)
+            # The next epoch's stream, the same on every rank; kept (and saved) through rank 0's evaluation.
+            seed_all(seed + 1000 * int(trainer.epoch))
+            rng.snapshot()
             keep_training = True
             if self.rank == 0:
                 if sampler_stats:
@@ -407,20 +415,24 @@ class ExperimentRunner:
                 if controllers:
                     record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
                     record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
-                keep_training = eval_hook(trainer) is not False
-                score = ""
-                if trainer.epoch % general["save_interval"] == 0:
-                    validation = hooks.validation_split_name
-                    best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))
-                    store.save(int(trainer.epoch), checkpoint_objects(), best_epoch)
-                    score = f"best {validation} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
-                    LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
+                with plain_models(trainer, plain):
+                    keep_training = eval_hook(trainer) is not False
+                    score = ""
+                    if trainer.epoch % general["save_interval"] == 0:
+                        validation = hooks.validation_split_name
+                        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))
+                        store.save(int(trainer.epoch), checkpoint_objects(), best_epoch)
+                        score = f"best {validation} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
+                        LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
                 progress.update(int(trainer.epoch), score)
+            rng.restore()
             # Every rank must stop at the same epoch, or the others would wait forever in a collective;
             # they wait for rank 0's evaluation and checkpoint first, on the long deadline.
             rank_zero_wait.wait()
             keep_training = broadcast_object(keep_training)
-            seed_all(seed + 1000 * int(trainer.epoch))  # same sampler stream on every rank, and on resume
+            # Every epoch is a fresh pass over the sampler, as after a resume (PML's trainer would
+            # carry a partly used pass over into the next epoch when iterations_per_epoch is set).
+            trainer.dataloader_iter = iter(trainer.dataloader)
             return keep_training
 
         trainer = self.registry.build(
@@ -433,11 +445,10 @@ class ExperimentRunner:
         self.objects[scheme_name] = {"models": models, "loss_funcs": loss_funcs, "mining_funcs": mining_funcs,
                                      "sampler": sampler, "controllers": controllers, "trainer": trainer,
                                      "tester": tester, "hooks": hooks, "eval_sets": eval_sets}
-        if controllers:
-            trainer.controllers = updater.saveable_controllers
-            hooks.saveable_trainer_objects.append("controllers")
-        if distributed:
-            average_gradients_after_backward(trainer)
+        # Saved with the models: a resumed run continues exactly (mining_funcs are saved as such).
+        run_state = stateful_objects(sampler, mining_funcs, updater.saveable_controllers, rng)
+        trainer.run_state = {k: v for k, v in run_state.items() if not k.startswith("miner_")}
+        hooks.saveable_trainer_objects.append("run_state")
         rank_zero_wait = RankZeroWait(general["distributed_timeout_seconds"],
                                       general["distributed_eval_timeout_seconds"])
         # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
@@ -454,16 +465,18 @@ class ExperimentRunner:
         if self.resume_training:
             start_epoch = store.resume(checkpoint_objects(), device, clean_up=self.rank == 0) + 1
             LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
-            if start_epoch > 1:
+            if start_epoch > 1 and not rng.loaded:  # a checkpoint saved without the run's states
                 seed_all(seed + 1000 * (start_epoch - 1))
                 if callable(getattr(unwrap(sampler), "set_epoch", None)):
-                    unwrap(sampler).set_epoch(start_epoch)  # epoch-numbered samplers (SmartBatchSampler) resume in step
+                    unwrap(sampler).set_epoch(start_epoch)
                 updater.refresh()
         if start_epoch == 1 and self.rank == 0 and general["check_untrained_accuracy"]:
             self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
             record_keeper.save_records()  # PML's "new best" compares with the saved records: epoch 0 is one
 
         rank_zero_wait.wait()  # for rank 0's untrained-accuracy check
+        if distributed:
+            wrap_models_for_ddp(trainer, device)  # after loading: DDP broadcasts rank 0's weights
         num_epochs = general["num_epochs_train"]
         if start_epoch <= num_epochs:
             progress = EpochProgress(f"{self.experiment_name}/{scheme_name}", start_epoch, num_epochs)

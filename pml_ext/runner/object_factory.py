@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
+from ..utils.dotted_path import resolve, resolve_object
 from .config_error import ConfigError
-from .epoch_updater import resolve_attribute
 from .experiment_config import ExperimentConfig
 from .registry import Registry
 
@@ -161,11 +161,9 @@ class ObjectFactory:
                                                            "mining_funcs.tuple_miner> and attribute: <name>")
             module = self.resolve_path(path, run_objects, self.source(top), f"{where}.module")
             try:
-                owner, name = resolve_attribute(module, attribute)
-                getattr(owner, name)
-            except AttributeError:
-                raise ConfigError(self.source(top), f"{where}.attribute",
-                                  f"{type(module).__name__} at {path} has no attribute '{attribute}'") from None
+                resolve(module, attribute, f"{type(module).__name__} at {path}: attribute")
+            except ValueError as exc:
+                raise ConfigError(self.source(top), f"{where}.attribute", str(exc)) from None
             kwargs["module"] = module
             controller = self.registry.build("controller", {cls_name: kwargs}, self.source(top), key)
             out[name] = (controller, module, attribute)
@@ -174,21 +172,10 @@ class ObjectFactory:
     @staticmethod
     def resolve_path(path: str, run_objects: dict[str, Any], source: str, key: str) -> Any:
         """``"mining_funcs.tuple_miner.distance"`` -> that object of the run."""
-        head, *rest = path.split(".")
-        if head not in run_objects:
-            raise ConfigError(source, key, f"'{head}' is not part of the run; start the path with one of "
-                                           f"{', '.join(sorted(run_objects))}")
-        obj = run_objects[head]
-        for i, part in enumerate(rest):
-            if isinstance(obj, dict) and part in obj:
-                obj = obj[part]
-            elif hasattr(obj, part):
-                obj = getattr(obj, part)
-            else:
-                known = sorted(obj) if isinstance(obj, dict) else []
-                raise ConfigError(source, key, f"'{'.'.join([head] + rest[:i + 1])}' does not exist"
-                                               + (f"; known: {', '.join(known)}" if known else ""))
-        return obj
+        try:
+            return resolve_object(run_objects, path, "path")
+        except ValueError as exc:
+            raise ConfigError(source, key, f"{exc} (a path into the run: {', '.join(sorted(run_objects))})") from None
 
     # ---- optimizers -----------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "transform": ((), ("torchvision.transforms",)),
     "dataset": (("torch.utils.data.Dataset",), ("pml_ext.runner.datasets",)),
     "split_manager": ((), ("pml_ext.runner.split_manager",)),
-    # Controllers have no common base: a pml_ext class qualifies by having observe() and step().
+    # Controllers have no common base: a pml_ext class qualifies by following the Controller protocol.
     "controller": ((), ()),
 }
 
@@ -145,7 +145,9 @@ class Registry:
         if bases:
             return obj if issubclass(obj, tuple(bases)) else None
         if kind == "controller":
-            return obj if callable(getattr(obj, "observe", None)) and callable(getattr(obj, "step", None)) else None
+            from ..utils.protocols import Controller
+
+            return obj if inspect.isclass(obj) and issubclass(obj, Controller) else None
         return None
 
     def _fallback_candidates(self, kind: str, name: str):

@@ -5,17 +5,15 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import Sampler
 
-from ..index.embedding_index import EmbeddingIndex
 from ..utils.checks import check_embeddings, check_int, check_labels
-from ..utils.distributed import rank_and_world_size
-from .distributed_shard_sampler import DistributedShardSampler
+from ..utils.classes import group_by_class
+from .epoch_sampler import EpochSampler
 
 __all__ = ["HardNeighborSampler"]
 
 
-class HardNeighborSampler(Sampler):
+class HardNeighborSampler(EpochSampler):
     """Batches of ``pairs_per_batch`` random positive pairs and their hard negative neighbours.
 
     Each batch of ``batch_size`` distinct dataset indices is built as:
@@ -33,7 +31,8 @@ class HardNeighborSampler(Sampler):
     Like PML's ``MPerClassSampler`` it yields a flat index stream whose consecutive
     ``batch_size`` chunks are the designed batches (``sampler=`` of PML trainers, with
     their ``batch_size`` equal to this one); with ``return_batches=True`` it yields one
-    list per batch (``batch_sampler=`` of a ``DataLoader``). Every ``iter`` is a new epoch.
+    list per batch (``batch_sampler=`` of a ``DataLoader``). Every ``iter`` is a new epoch,
+    numbered from 1 (``EpochSampler``: epochs, seeding, rank slices, state).
 
     Args:
         labels: ``LongTensor[N]`` (or a sequence) of dataset labels.
@@ -48,11 +47,11 @@ class HardNeighborSampler(Sampler):
         length_before_new_iter: indices per epoch (default N), rounded down to whole batches.
         method, distance, num_threads: passed to the ``EmbeddingIndex`` built by
             ``update(embeddings)``.
-        seed: epoch ``e`` draws from ``torch.Generator().manual_seed(seed * 1_000_003 + e)``.
+        seed: epoch ``e`` draws from ``EpochSampler.epoch_generator(e)``.
         return_batches: yield lists (batch sampler) instead of a flat stream.
         rank, world_size: this process's share of the epoch (default from torch.distributed):
             batches ``rank, rank + W, ...`` of the single-process epoch, whole (see
-            ``DistributedShardSampler``). Every rank must use the same seed and updates.
+            ``EpochSampler``). Every rank must use the same seed and updates.
         drop_uneven: drop the last batches so that every rank gets as many.
     """
 
@@ -61,11 +60,11 @@ class HardNeighborSampler(Sampler):
                  length_before_new_iter: int | None = None, method: str = "auto", distance=None,
                  num_threads: int | None = None, seed: int = 0, return_batches: bool = False,
                  rank: int | None = None, world_size: int | None = None, drop_uneven: bool = False):
+        super().__init__(batch_size, seed, rank, world_size, drop_uneven, return_batches)
         labels = torch.as_tensor(labels)
         check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1)
         self.labels = labels.cpu().long()
         num_points = self.labels.shape[0]
-        self.batch_size = check_int(batch_size, "batch_size", 1)
         self.pairs_per_batch = check_int(pairs_per_batch, "pairs_per_batch", 1)
         if self.batch_size > num_points:
             raise ValueError(f"batch_size={batch_size} exceeds the dataset size {num_points}")
@@ -83,15 +82,14 @@ class HardNeighborSampler(Sampler):
             num_neighbors = max(32, 4 * self.negatives_per_sample)
         self.num_neighbors = min(check_int(num_neighbors, "num_neighbors", 1), num_points - 1)
         length = num_points if length_before_new_iter is None else length_before_new_iter
-        self.num_batches = check_int(length, "length_before_new_iter", 1) // self.batch_size
-        if self.num_batches < 1:
+        self._num_batches = check_int(length, "length_before_new_iter", 1) // self.batch_size
+        if self._num_batches < 1:
             raise ValueError(f"length_before_new_iter={length} is shorter than one batch of {batch_size}")
 
         # Members of class c are self._by_class[self._class_start[c] : ... + self._class_count[c]].
-        classes, self._class_of, self._class_count = torch.unique(
-            self.labels, return_inverse=True, return_counts=True)
-        self._by_class = torch.argsort(self._class_of, stable=True)
-        self._class_start = torch.cumsum(self._class_count, 0) - self._class_count
+        classes = group_by_class(self.labels)
+        self._class_of, self._class_count = classes.of, classes.count
+        self._by_class, self._class_start = classes.order, classes.start
         self._pair_classes = (self._class_count >= 2).nonzero().flatten()
         if self._pair_classes.numel() < self.pairs_per_batch:
             raise ValueError(
@@ -99,26 +97,26 @@ class HardNeighborSampler(Sampler):
                 f"found {self._pair_classes.numel()}")
 
         # The index's arguments are checked now (no FAISS call), not at the first update.
+        from ..index.embedding_index import EmbeddingIndex  # FAISS loads with a sampler, not with pml_ext
+
         EmbeddingIndex(method, distance, num_threads, seed)
         self.method, self.distance, self.num_threads = method, distance, num_threads
-        self.seed = seed
-        self.return_batches = bool(return_batches)
-        default_rank, default_world = rank_and_world_size()
-        self.rank = default_rank if rank is None else check_int(rank, "rank", 0)
-        self.world_size = default_world if world_size is None else check_int(world_size, "world_size", 1)
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        self.drop_uneven = bool(drop_uneven)
-        self.epoch = 0
         self.num_updates = 0
         # [N, m] each sample's m nearest other-label neighbours, -1 padded; None before update.
         self.hard_negatives: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ refresh
-    def update(self, embeddings_or_index) -> "HardNeighborSampler":
+    def update(self, embeddings_or_index, labels: torch.Tensor | None = None) -> "HardNeighborSampler":
         """Refresh the hard negatives from ``Tensor[N, d]`` embeddings (in dataset order)
-        or from an already built ``EmbeddingIndex`` over the N samples. Call once per epoch."""
+        or from an already built ``EmbeddingIndex`` over the N samples. Call once per epoch.
+
+        ``labels`` (``LongTensor[N]``, optional; the ``EpochUpdatable`` protocol passes them)
+        must be the sampler's own labels."""
+        from ..index.embedding_index import EmbeddingIndex
+
         num_points = self.labels.shape[0]
+        if labels is not None and not torch.equal(torch.as_tensor(labels).cpu().long(), self.labels):
+            raise ValueError("labels must be the labels the sampler was built with, in the same order")
         if isinstance(embeddings_or_index, EmbeddingIndex):
             index = embeddings_or_index
             if index.num_points != num_points:
@@ -148,19 +146,31 @@ class HardNeighborSampler(Sampler):
         self.num_updates += 1
         return self
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next ``iter`` draw epoch ``epoch`` (as ``DistributedSampler.set_epoch``)."""
-        self.epoch = check_int(epoch, "epoch", 0)
+    def state_dict(self) -> dict:
+        """The epoch counters and the hard negatives of the last ``update``."""
+        return {**super().state_dict(), "num_updates": self.num_updates, "hard_negatives": self.hard_negatives}
+
+    def load_state_dict(self, state: dict) -> None:
+        negatives = state.get("hard_negatives")
+        if negatives is not None and (not torch.is_tensor(negatives) or negatives.dim() != 2
+                                      or negatives.shape[0] != self.labels.shape[0]):
+            raise ValueError(f"state['hard_negatives'] must be a LongTensor[{self.labels.shape[0]}, m] or None")
+        super().load_state_dict(state)
+        self.num_updates = check_int(state.get("num_updates", 0), "state['num_updates']", 0)
+        self.hard_negatives = None if negatives is None else negatives.long().cpu()
 
     # ------------------------------------------------------------------ epoch
+    def num_batches(self) -> int:
+        return self._num_batches
+
     def epoch_batches(self, epoch: int | None = None) -> torch.Tensor:
-        """The whole single-process epoch: ``LongTensor[num_batches, batch_size]``.
+        """The whole single-process epoch (default: the next one): ``LongTensor[num_batches, batch_size]``.
 
         Pure function of (seed, epoch, last update); does not advance the epoch counter.
         """
-        epoch = self.epoch if epoch is None else int(epoch)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        nb, bsz, pairs = self.num_batches, self.batch_size, self.pairs_per_batch
+        epoch = self.next_epoch if epoch is None else check_int(epoch, "epoch", 1)
+        gen = self.epoch_generator(epoch)
+        nb, bsz, pairs = self._num_batches, self.batch_size, self.pairs_per_batch
 
         # Distinct pair classes in a batch: each round is one permutation of the eligible
         # classes cut into windows of P, and a round serves len // P batches.
@@ -191,26 +201,6 @@ class HardNeighborSampler(Sampler):
         offset = torch.randint(0, num_points, (nb, 1), generator=gen)
         parts.append((offset + torch.arange(min(num_points, 2 * bsz))) % num_points)
         return _first_distinct(torch.cat(parts, dim=1), bsz)
-
-    def _my_stream(self) -> list[int]:
-        flat = self.epoch_batches().flatten().tolist()
-        if self.world_size == 1:
-            return flat
-        return list(DistributedShardSampler(flat, self.batch_size, self.rank, self.world_size, self.drop_uneven))
-
-    def __iter__(self) -> Iterator:
-        stream = self._my_stream()
-        self.epoch += 1
-        if self.return_batches:
-            bsz = self.batch_size
-            return iter([stream[i:i + bsz] for i in range(0, len(stream), bsz)])
-        return iter(stream)
-
-    def __len__(self) -> int:
-        total = self.num_batches * self.batch_size
-        mine = total if self.world_size == 1 else len(
-            DistributedShardSampler(range(total), self.batch_size, self.rank, self.world_size, self.drop_uneven))
-        return mine // self.batch_size if self.return_batches else mine
 
 
 def _first_distinct(candidates: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,23 +1,19 @@
 """Batches of whole triplets from smart mining's epoch-level selection (Harwood et al. 2017, section 6)."""
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 from pytorch_metric_learning.utils import common_functions as c_f
-from torch.utils.data import Sampler
 
 from ..miners.smart_miner import SmartMiner
 from ..miners.smart_triplets import _group_by_class, random_triplets
 from ..utils.checks import check_int, check_labels
 from ..utils.distributed import gather_training_set
-from .distributed_shard_sampler import DistributedShardSampler
+from .epoch_sampler import EpochSampler
 
 __all__ = ["SmartBatchSampler"]
 
-# Per-epoch generators are seeded with seed * _EPOCH_STRIDE + epoch, so an epoch's batches
-# depend only on (seed, epoch, triplets) and every rank can rebuild the same epoch.
-_EPOCH_STRIDE = 1_000_003
 # Rounds of redrawing clashing random (anchor, negative) pairs; at most half of all pairs
 # are taken when redrawing (else they are enumerated), so each round keeps under half.
 _MAX_REDRAWS = 64
@@ -25,7 +21,7 @@ _RECORDS = ("mined_fraction", "epoch", "num_mined_in_epoch", "num_random_in_epoc
             "mined_share_in_epoch", "random_share_in_epoch")
 
 
-class SmartBatchSampler(Sampler[int]):
+class SmartBatchSampler(EpochSampler):
     """A flat index stream whose consecutive ``batch_size`` chunks are batches of triplets.
 
     Each batch is ``[a0, p0, n0, a1, p1, n1, ...]`` (dataset indices) of ``batch_size // 3``
@@ -47,7 +43,9 @@ class SmartBatchSampler(Sampler[int]):
     Epoch protocol: call ``update(embeddings, labels)`` with the whole training set's
     embeddings before iterating each epoch; it runs the miner's ``update`` (skipped while
     the next epoch is a warm-up epoch, when only the labels are kept). Each ``iter()`` is
-    one epoch (numbered from 1); ``set_epoch(e)`` fixes the number of the next one.
+    one epoch (numbered from 1); ``set_epoch(e)`` fixes the number of the next one
+    (``EpochSampler``: epochs, seeding, rank slices, state; an epoch depends only on
+    ``(seed, epoch, triplets)``, so every rank rebuilds the same one).
 
     Args:
         miner: the ``SmartMiner`` whose ``update`` gives the triplets.
@@ -62,7 +60,7 @@ class SmartBatchSampler(Sampler[int]):
             embeds about as many rows as one pass over the dataset.
         rank, world_size: this process's slice: batches ``rank, rank + W, ...`` of the
             single-process epoch (default from ``torch.distributed``); ``drop_uneven``
-            as in ``DistributedShardSampler``.
+            as in ``EpochSampler``.
 
     Recordable (``_record_these``, plain floats, set by each epoch's ``iter()`` for the
     single-process epoch, i.e. all ranks together): ``mined_fraction`` (asked), ``epoch``,
@@ -81,28 +79,20 @@ class SmartBatchSampler(Sampler[int]):
                  rank: int | None = None, world_size: int | None = None, drop_uneven: bool = False):
         if not isinstance(miner, SmartMiner):
             raise TypeError(f"miner must be a pml_ext.SmartMiner, got {type(miner).__name__}")
-        batch_size = check_int(batch_size, "batch_size", 3)
+        super().__init__(check_int(batch_size, "batch_size", 3), seed, rank, world_size, drop_uneven)
         if batch_size % 3:
             raise ValueError(f"batch_size must be a positive multiple of 3 (whole triplets), got {batch_size!r}")
         warmup_epochs = check_int(warmup_epochs, "warmup_epochs", 0)
         if triplets_per_epoch is not None:
             triplets_per_epoch = check_int(triplets_per_epoch, "triplets_per_epoch", 1)
-        seed = check_int(seed, "seed")
         self.miner = miner
-        self.batch_size = batch_size
         self.mined_fraction = mined_fraction
         self.warmup_epochs = warmup_epochs
-        self.seed = seed
         self.triplets_per_epoch = triplets_per_epoch
         self.labels = None
         if labels is not None:
             check_labels(labels, labels.shape[0] if torch.is_tensor(labels) else 0)
             self.labels = labels.detach().cpu().long()
-        # The shard sampler resolves (default from torch.distributed) and validates the rank.
-        shard = DistributedShardSampler([], batch_size, rank, world_size, drop_uneven)
-        self.rank, self.world_size, self.drop_uneven = shard.rank, shard.world_size, drop_uneven
-        self.epoch = 0
-        self._next_epoch = 1
         self.num_mined_in_epoch = self.num_random_in_epoch = self.num_shortfall_in_epoch = 0.0
         self.mined_share_in_epoch = self.random_share_in_epoch = 0.0
         self.epoch_mined_mask: torch.Tensor | None = None
@@ -134,9 +124,17 @@ class SmartBatchSampler(Sampler[int]):
             return None
         return self.miner.update(embeddings, labels, dataset_indices=dataset_indices, index=index)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Number the next epoch ``epoch`` (1-based), like ``DistributedSampler.set_epoch``."""
-        self._next_epoch = check_int(epoch, "epoch", 1)
+    def state_dict(self) -> dict:
+        """The epoch counters, ``mined_fraction`` and the labels kept from the last ``update``."""
+        return {**super().state_dict(), "mined_fraction": self.mined_fraction, "labels": self.labels}
+
+    def load_state_dict(self, state: dict) -> None:
+        labels = state.get("labels")
+        if labels is not None:
+            check_labels(labels, labels.shape[0] if torch.is_tensor(labels) else 0)
+        super().load_state_dict(state)
+        self.mined_fraction = state.get("mined_fraction", self.mined_fraction)
+        self.labels = None if labels is None else labels.long().cpu()
 
     # ------------------------------------------------------------------ iteration
     def _dataset_labels(self) -> torch.Tensor:
@@ -147,7 +145,7 @@ class SmartBatchSampler(Sampler[int]):
                                "pass labels= or call update() before iterating")
         return labels.cpu()
 
-    def _num_batches(self) -> int:
+    def num_batches(self) -> int:
         per_batch = self.batch_size // 3
         if self.triplets_per_epoch is not None:
             return -(-self.triplets_per_epoch // per_batch)
@@ -162,8 +160,8 @@ class SmartBatchSampler(Sampler[int]):
         if not warmup and self.miner.triplets is None:
             raise RuntimeError(f"SmartBatchSampler: epoch {epoch} is past the {self.warmup_epochs} warm-up epoch(s) "
                                "but the miner has no triplets: call sampler.update(embeddings, labels) first")
-        gen = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + epoch)
-        num_batches, per_batch = self._num_batches(), self.batch_size // 3
+        gen = self.epoch_generator(epoch)
+        num_batches, per_batch = self.num_batches(), self.batch_size // 3
         wanted = 0 if warmup else num_batches * int(round(self.mined_fraction * per_batch))
         mined = self._mined_triplets(wanted, gen)
         rand = self._random_triplets(num_batches * per_batch - mined.shape[0], gen, mined)
@@ -254,18 +252,3 @@ class SmartBatchSampler(Sampler[int]):
         negatives = classes.order[slot + classes.count[cls] * (slot >= classes.start[cls]).long()]
         free = ~torch.isin(anchors * num + negatives, taken_keys)
         return anchors[free], negatives[free]
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = self._next_epoch
-        flat = self.epoch_batches(epoch).flatten().tolist()
-        self.epoch, self._next_epoch = epoch, epoch + 1
-        if self.world_size == 1:
-            return iter(flat)
-        return iter(DistributedShardSampler(flat, self.batch_size, self.rank, self.world_size, self.drop_uneven))
-
-    def __len__(self) -> int:
-        total = self._num_batches() * self.batch_size
-        if self.world_size == 1:
-            return total
-        return len(DistributedShardSampler(range(total), self.batch_size, self.rank, self.world_size,
-                                           self.drop_uneven))

@@ -1,5 +1,11 @@
-from .checks import check_embeddings, check_finite, check_labels, check_positive
-from .experiment import embed_dataset, evaluate_embeddings, seed_everything, train_metric_model
-from .ann_quality import ann_quality
-from .inference import compute_embeddings
-from .accuracy_calculator import AccuracyCalculator
+"""Helpers shared by pml_ext's classes; names are imported on first use."""
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "check_embeddings": "checks", "check_finite": "checks", "check_labels": "checks", "check_positive": "checks",
+    "embed_dataset": "experiment", "evaluate_embeddings": "experiment", "seed_everything": "experiment",
+    "train_metric_model": "experiment", "ann_quality": "ann_quality", "compute_embeddings": "inference",
+    "AccuracyCalculator": "accuracy_calculator",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -70,11 +70,10 @@ def train_metric_model(model: torch.nn.Module, data: torch.Tensor, labels: torch
 @torch.no_grad()
 def embed_dataset(model: torch.nn.Module, data: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Embeddings ``Tensor[N, d]`` of ``data`` in eval mode; restores the model's mode."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(data[i:i + batch_size]) for i in range(0, len(data), batch_size)])
-    model.train(was_training)
-    return out
+    from .inference import compute_embeddings
+
+    dataset = torch.utils.data.TensorDataset(data, torch.zeros(len(data), dtype=torch.long))
+    return compute_embeddings(model, dataset, batch_size, device=data.device)[0]
 
 
 def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor,

@@ -8,8 +8,9 @@ __all__ = ["compute_embeddings"]
 
 
 def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset, batch_size: int,
-                       device: torch.device | str | None = None,
-                       num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       device: torch.device | str | None = None, num_workers: int = 0,
+                       embedder: torch.nn.Module | None = None,
+                       data_and_label_getter=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings and labels of every item of ``dataset``, in dataset order.
 
     Runs PML's ``BaseTester.get_all_embeddings`` (eval mode, ``torch.no_grad``, a tqdm
@@ -24,6 +25,8 @@ def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset
         device: where inputs are sent; default: the model's parameters' device (CPU if
             it has none). The model is not moved.
         num_workers: ``DataLoader`` workers.
+        embedder: applied to the model's output (PML's trunk + embedder), or ``None``.
+        data_and_label_getter: PML's getter for datasets whose items are not ``(input, label)``.
 
     Returns:
         ``(embeddings: Tensor[N, d], labels: LongTensor[N])`` on ``device``; labels keep a
@@ -44,13 +47,16 @@ def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    tester = BaseTester(normalize_embeddings=False, batch_size=batch_size,
-                        dataloader_num_workers=num_workers, data_device=torch.device(device))
-    was_training = model.training
+    tester = BaseTester(normalize_embeddings=False, batch_size=batch_size, dataloader_num_workers=num_workers,
+                        data_device=torch.device(device), data_and_label_getter=data_and_label_getter)
+    modules = [m for m in (model, embedder) if m is not None]
+    was_training = [[sub.training for sub in m.modules()] for m in modules]
     try:
-        embeddings, labels = tester.get_all_embeddings(dataset, model)
-    finally:
-        model.train(was_training)
+        embeddings, labels = tester.get_all_embeddings(dataset, model, embedder)
+    finally:  # every submodule's own mode (a trunk's frozen BatchNorm stays in eval mode)
+        for m, modes in zip(modules, was_training):
+            for sub, mode in zip(m.modules(), modes):
+                sub.train(mode)
     if labels.dim() == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     return embeddings, labels
