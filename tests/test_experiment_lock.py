@@ -26,7 +26,6 @@ def test_a_second_run_on_a_folder_in_use_fails_at_once_and_the_first_is_unharmed
             assert first.stdout.readline().strip() == "ready"  # epoch 1 is saved; the run holds the lock
             with pytest.raises(ExperimentLocked, match=f"is in use by another run \\(PID {first.pid} on "):
                 ExperimentLock(str(tmp_path / "run")).acquire()
-            monkeypatch.setenv("TQDM_DISABLE", "1")
             for extra in ([], ["--resume_training", "latest"]):
                 status = main(["run", "--experiment_name", "run", "--root_experiment_folder", str(tmp_path), *extra])
                 lines = capsys.readouterr().err.strip().splitlines()
