@@ -29,16 +29,24 @@ POINTS = ("file", "records", "marker")
 
 
 @pytest.fixture(scope="module")
-def killed(tmp_path_factory):
-    """``{point: (folder, exit signal)}``: one killed run per point of epoch 2's checkpoint write."""
+def runs(tmp_path_factory):
+    """``({point: (folder, exit signal)}, uninterrupted folder)``: one run killed at each point of
+    epoch 2's checkpoint write (in a child), and the uninterrupted run (here, meanwhile)."""
     root = tmp_path_factory.mktemp("killed")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(pathlib.Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.run([sys.executable, CHILD, str(root), "2", *POINTS], env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert child.returncode == 0, child.stderr[-2000:]
-    signals = dict(line.split() for line in child.stdout.splitlines())
-    return {point: (root / point, int(signals[point])) for point in POINTS}
+    child = subprocess.Popen([sys.executable, CHILD, str(root), "2", *POINTS], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        whole = tmp_path_factory.mktemp("whole")
+        ExperimentRunner("run", root_experiment_folder=str(whole), overrides=OVERRIDES).run()
+        out, err = child.communicate(timeout=600)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, err[-2000:]
+    signals = dict(line.split() for line in out.splitlines())
+    return {point: (root / point, int(signals[point])) for point in POINTS}, whole / "run"
 
 
 def db_rows(folder):
@@ -70,15 +78,9 @@ def same(a, b):
     return a == b
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("whole")
-    ExperimentRunner("run", root_experiment_folder=str(root), overrides=OVERRIDES).run()
-    return root / "run"
-
-
 @pytest.mark.parametrize("point", POINTS)
-def test_a_kill_during_a_checkpoint_write_then_resume_equals_the_uninterrupted_run(killed, uninterrupted, point):
+def test_a_kill_during_a_checkpoint_write_then_resume_equals_the_uninterrupted_run(runs, point):
+    killed, uninterrupted = runs
     root, killed_by = killed[point]
     assert killed_by == signal.SIGKILL
     folder = root / "run"

@@ -20,24 +20,22 @@ SCHEME = "Test50_50_Partitions1_0"
 def test_a_second_run_on_a_folder_in_use_fails_at_once_and_the_first_is_unharmed(tmp_path, capsys, monkeypatch):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(pathlib.Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
-    first = subprocess.Popen([sys.executable, CHILD, str(tmp_path), "pause"], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert first.stdout.readline().strip() == "ready"  # epoch 1 is saved; the run holds the lock
-        with pytest.raises(ExperimentLocked, match=f"is in use by another run \\(PID {first.pid} on "):
-            ExperimentLock(str(tmp_path / "run")).acquire()
-        monkeypatch.setenv("TQDM_DISABLE", "1")
-        for extra in ([], ["--resume_training", "latest"]):
-            status = main(["run", "--experiment_name", "run", "--root_experiment_folder", str(tmp_path), *extra])
-            lines = capsys.readouterr().err.strip().splitlines()
-            assert status == 2 and len(lines) == 1 and lines[0].startswith("error: experiment_name: ")
-            assert f"PID {first.pid}" in lines[0] and "started 20" in lines[0]
-        first.stdin.write("go\n")
-        first.stdin.flush()
-        assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
-    finally:
-        if first.poll() is None:
-            first.kill()
+    with subprocess.Popen([sys.executable, CHILD, str(tmp_path), "pause"], env=env, stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as first:
+        try:
+            assert first.stdout.readline().strip() == "ready"  # epoch 1 is saved; the run holds the lock
+            with pytest.raises(ExperimentLocked, match=f"is in use by another run \\(PID {first.pid} on "):
+                ExperimentLock(str(tmp_path / "run")).acquire()
+            for extra in ([], ["--resume_training", "latest"]):
+                status = main(["run", "--experiment_name", "run", "--root_experiment_folder", str(tmp_path), *extra])
+                lines = capsys.readouterr().err.strip().splitlines()
+                assert status == 2 and len(lines) == 1 and lines[0].startswith("error: experiment_name: ")
+                assert f"PID {first.pid}" in lines[0] and "started 20" in lines[0]
+            _, err = first.communicate("go\n", timeout=600)
+            assert first.returncode == 0, err[-2000:]
+        finally:
+            if first.poll() is None:
+                first.kill()
     with sqlite3.connect(tmp_path / "run" / SCHEME / "saved_csvs" / "logs.db") as conn:
         table = next(n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
                      if n.startswith("accuracies"))

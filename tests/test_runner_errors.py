@@ -14,7 +14,6 @@ FAST = ["--num_epochs_train", "1", "--trainer~APPLY~2", "{iterations_per_epoch: 
 
 
 def run_cli(capsys, monkeypatch, *args):
-    monkeypatch.setenv("TQDM_DISABLE", "1")  # restored after the test (main sets it)
     status = main(["run", *args])
     err = capsys.readouterr().err
     return status, [line for line in err.splitlines() if line.strip()]

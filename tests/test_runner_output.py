@@ -15,7 +15,6 @@ SCHEME = "Test50_50_Partitions1_0"
 
 
 def main_job(tmp_path, capsys, monkeypatch, methods, epochs):
-    monkeypatch.setenv("TQDM_DISABLE", "1")
     argv = ["run", "--dataset", "digits", "--root_experiment_folder", str(tmp_path), "--methods", *methods,
             "--num_epochs_train", str(epochs), "--trainer~APPLY~2", "{iterations_per_epoch: 2}"]
     assert main(argv) == 0
