@@ -212,9 +212,11 @@ class ExperimentRunner:
             "plots": [paths], "notes": [registry notes]}`` (on rank 0; other ranks get the
             scheme info only).
         """
-        from ..utils.distributed import init_from_env, rank_and_world_size
+        from ..utils.distributed import init_from_env, is_distributed, rank_and_world_size
 
-        self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        # Before init_from_env: an already initialised group (spawned workers), else torchrun's variables.
+        self.rank, self.world_size = rank_and_world_size() if is_distributed() else \
+            (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
         # One writer per folder: the lock comes before the "already exists" check, so two fresh starts cannot race.
         lock = ExperimentLock(self.experiment_folder).acquire() if self.rank == 0 else None
         handler = self._start_logging()
