@@ -133,7 +133,7 @@ def semi_hard_oracle(emb, labels, triplets, margin):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_collapsed_batch_is_detected_and_mined_semi_hard(seed):
     emb, labels = collapsed_batch(seed)
-    miner = IsometricHardMiner(margin=MARGIN, triplets_per_anchor=3, seed=seed)
+    miner = IsometricHardMiner(margin=MARGIN, triplets_per_anchor=3, semi_hard_draws=16, seed=seed)
     triplets = miner(emb, labels)
     assert miner.collapse_detected == 1.0 and miner.semi_hard_mode == 1.0
     # All distances are < 2e-3 << margin, so a negative is semi-hard for (a, p) iff it is
@@ -178,7 +178,7 @@ def test_semi_hard_negatives_are_uniform_over_the_semi_hard_set():
     emb = torch.tensor([[0.0], [1.0], [0.5], [1.1], [1.2], [1.3], [2.0]])
     labels = torch.tensor([0, 0, 1, 1, 1, 1, 1])
     miner = IsometricHardMiner(margin=0.35, distance=LpDistance(normalize_embeddings=False),
-                               triplets_per_anchor=1, seed=0)
+                               triplets_per_anchor=1, semi_hard_draws=16, seed=0)
     counts = torch.zeros(7)
     for _ in range(600):  # one triplet per anchor per call: independent draws across calls
         a, p, n = miner(emb, labels)

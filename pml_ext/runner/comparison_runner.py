@@ -37,7 +37,8 @@ MARKER = ".pml_ext_main_job"
 TABLE_COLUMNS = ("P@1", "R@4", "MAP@R", "NMI")
 # The bundled config files each main-job data set selects, and how the table names it.
 MAIN_JOB_DATASETS = {
-    "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"]},
+    "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"],
+                "config_loss_and_miners": ["default", "glyphs"]},
                "glyphs, class-disjoint: train on one half of the characters, test on the other"),
     "digits": ({}, "digits, train classes 0-4, test classes 5-9"),
 }
