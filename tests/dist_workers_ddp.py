@@ -24,7 +24,9 @@ def method_objects(key):
 def batches(world_size):
     """STEPS concatenated batches of whole triplets [a, p, n, ...] of digits (every method can train on them)."""
     data, _ = pml_ext.digits_split()
-    x, y = torch.as_tensor(data.data, dtype=torch.float32), torch.as_tensor(data.labels)
+    # float64: the miners' comparisons (d(a,n) > d(a,p), ...) then see the same order in one
+    # process and in two, whose float32 embeddings differ in the last bits (other matmul shapes)
+    x, y = torch.as_tensor(data.data, dtype=torch.float64), torch.as_tensor(data.labels)
     gen = torch.Generator().manual_seed(0)
     out = []
     for _ in range(STEPS):
@@ -39,7 +41,7 @@ def batches(world_size):
 
 def models():
     torch.manual_seed(0)
-    return {"trunk": pml_ext.MLP([64, 64], final_relu=True), "embedder": pml_ext.MLP([64, 16])}
+    return {"trunk": pml_ext.MLP([64, 64], final_relu=True).double(), "embedder": pml_ext.MLP([64, 16]).double()}
 
 
 def train(key, rank, world_size, distributed):
