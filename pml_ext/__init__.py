@@ -20,6 +20,10 @@ from .runner.npz_features import NpzFeatures
 from .runner.split_manager import ClassDisjointSplitManager
 from .runner.experiment_runner import ExperimentRunner
 from .runner.comparison_runner import ComparisonRunner
+from .runner.bayesian_search import BayesianSearch
+from .runner.unsupervised_trainer import UnsupervisedEmbeddingsUsingAugmentations
+from .runner.pb_models import LayerExtractor, ListOfModels
+from .runner.image_folders import CUB200, Cars196, StanfordOnlineProducts, ImageFolder
 from .hooks.adaptive_controller import AdaptiveController
 from .hooks.fraction_active_meter import FractionActiveMeter
 from .hooks.control_rule import ControlRule
