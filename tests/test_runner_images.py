@@ -158,6 +158,13 @@ def test_evaluate_reproduces_the_final_accuracy_of_a_finished_run(tmp_path):
     assert accuracies["precision_at_1_level0"] == pytest.approx(recorded[best_epoch], abs=1e-6)
     assert sorted(os.listdir(scheme / "saved_csvs")) == before  # no new records, no training
     assert not (scheme / "saved_models" / "trunk_3.pth").exists()
+    # --evaluate latest: the last epoch's models give the accuracy recorded at the end of the run
+    assert main(["run", "--experiment_name", "e", "--root_experiment_folder", str(tmp_path),
+                 "--dataset_root", data, "--evaluate", "latest"]) == 0
+    latest = yaml.safe_load((scheme / "evaluation_latest.yaml").read_text())
+    assert latest["epoch"] == 2
+    (accuracies,) = latest["accuracies"].values()
+    assert accuracies["precision_at_1_level0"] == pytest.approx(recorded[2], abs=1e-6)
 
 
 def test_evaluate_errors(tmp_path, capsys):
