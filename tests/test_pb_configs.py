@@ -17,7 +17,7 @@ import re
 import sqlite3
 
 import pytest
-from pb_protocol import RANDOM_RESNET, run_short
+from pb_protocol import RANDOM_RESNET, RANDOM_TRUNK, run_short
 
 from pml_ext.runner import ConfigError, ConfigReader
 
@@ -118,11 +118,11 @@ def test_every_fixture_file_runs_one_short_epoch_or_fails_at_start_up(relpath, s
 
 @needs_pb
 @pytest.mark.parametrize("relpath,selection", selections(PB_REAL), ids=[r for r, _ in selections(PB_REAL)])
-def test_every_pb_file_runs_one_short_epoch_with_a_random_resnet_or_fails_at_start_up(relpath, selection,
-                                                                                      tmp_path, data_root):
-    extra = [RANDOM_RESNET]
-    if relpath == "config_models/cascaded.yaml":
-        extra.append(("layers_to_extract", ["layer3", "fc"]))  # inception_v3's layers -> resnet18's
+def test_every_pb_file_runs_one_short_epoch_with_a_random_trunk_or_fails_at_start_up(relpath, selection,
+                                                                                     tmp_path, data_root):
+    extra = [RANDOM_TRUNK]
+    if relpath == "config_models/cascaded.yaml":  # inception_v3's layers -> resnet18's
+        extra = [RANDOM_RESNET, ("layers_to_extract", ["layer3", "fc"])]
     check_file(PB_REAL, relpath, selection, PB_ERRORS, tmp_path, data_root, extra)
 
 
@@ -155,9 +155,10 @@ def test_fixture_feature_combinations_train_their_models(name, tmp_path, data_ro
     models, trainer = objects["models"], objects["trainer"]
     embedder_out = 32 if name != "cascaded" else 16
     if name == "daml":
-        # PB's generator sizes are multiples of the trunk's output (512 for resnet18): [3, 2, 1] x 512
+        # PB's generator sizes are multiples of the trunk's output (576 for mobilenet_v3_small's
+        # pooled features): [3, 2, 1] x 576
         linears = [m for m in models["generator"].modules() if type(m).__name__ == "Linear"]
-        assert [(m.in_features, m.out_features) for m in linears] == [(1536, 1024), (1024, 512)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(1728, 1152), (1152, 576)]
         assert trainer.loss_weights["synth_loss"] == 0.5
         assert all(v != 0 for v in losses_of_iteration_one(tmp_path, "metric_loss", "g_adv_loss", "g_hard_loss"))
     if name == "classifier":
@@ -178,9 +179,9 @@ def test_fixture_feature_combinations_train_their_models(name, tmp_path, data_ro
 @needs_pb
 @pytest.mark.parametrize("name", sorted(COMBINATIONS))
 def test_pb_feature_combinations_run(name, tmp_path, data_root):
-    extra = [RANDOM_RESNET]
+    extra = [RANDOM_TRUNK]
     if name == "cascaded":
-        extra.append(("layers_to_extract", ["layer3", "fc"]))
+        extra = [RANDOM_RESNET, ("layers_to_extract", ["layer3", "fc"])]
     if name == "daml":
         # per-iteration work only: 100 synthetic triplets per anchor need ~90M-entry distance matrices
         extra.append(("trainer~APPLY~2", {"g_triplets_per_anchor": 5}))
