@@ -103,6 +103,7 @@ def test_search_start_up_errors(tmp_path, capsys):
     no_val = [o for o in OVERRIDES if o[0] not in ("splits_to_eval", "hook_container~APPLY~2", "split_manager~APPLY~2")]
     with pytest.raises(ConfigError, match=r"a Bayesian search chooses trials on the validation split"):
         BayesianSearch("y", 2, root_experiment_folder=str(tmp_path), overrides=no_val).run()
+    assert not (tmp_path / "y").exists()  # a refused search leaves no folder to resume
     with pytest.raises(ConfigError, match=r"needs at least one ~BAYESIAN~"):
         BayesianSearch("z", 2, root_experiment_folder=str(tmp_path), overrides=OVERRIDES[:-1]).run()
     bad = OVERRIDES[:-1] + [("optimizers", {"embedder_optimizer": {"Adam": {"lr~LOG_BAYESIAN~": [0, 1]}}})]
@@ -110,3 +111,15 @@ def test_search_start_up_errors(tmp_path, capsys):
         BayesianSearch("w", 2, root_experiment_folder=str(tmp_path), overrides=bad).run()
     assert main(["run", "--experiment_name", "v", "--bayes_opt_iters", "two"]) == 2
     assert "--bayes_opt_iters: takes one integer" in capsys.readouterr().err
+
+
+def test_the_command_line_runs_a_search(tmp_path, capsys):
+    argv = ["run", "--experiment_name", "cli", "--root_experiment_folder", str(tmp_path), "--bayes_opt_iters", "1",
+            "--split_manager~APPLY~2", "{num_training_partitions: 2, num_training_sets: 1}",
+            "--splits_to_eval", "val", "--hook_container~APPLY~2", "{validation_split_name: val}",
+            "--num_epochs_train", "1", "--check_untrained_accuracy", "false",
+            "--trainer~APPLY~2", "{iterations_per_epoch: 1}",
+            "--optimizers", "{embedder_optimizer: {Adam: {lr~LOG_BAYESIAN~: [0.0001, 0.1]}}}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Best trial: cli0 (validation accuracy" in out and "| 0 | cli0 |" in out

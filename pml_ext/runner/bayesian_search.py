@@ -70,9 +70,7 @@ class BayesianSearch:
         if os.path.isdir(configs):
             raise ValueError(f"experiment_name: {self.folder} already exists; pass --resume_training latest to "
                              f"continue the search, or choose another name")
-        config = ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
-        config.save(configs)
-        return config
+        return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
 
     @staticmethod
     def check_selects_on_validation(config: ExperimentConfig) -> None:
@@ -106,6 +104,8 @@ class BayesianSearch:
             raise ConfigError(self.folder, "", "--bayes_opt_iters needs at least one ~BAYESIAN~ / ~LOG_BAYESIAN~ / "
                                                "~INT_BAYESIAN~ range in the config")
         self.check_selects_on_validation(base)
+        if not self.resume_training:
+            base.save(os.path.join(self.folder, "configs"))  # only a valid search leaves a folder
         seed = int(base.get("seed", 0))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=self.experiment_name, direction="maximize", load_if_exists=True,
@@ -123,7 +123,7 @@ class BayesianSearch:
                    "value": float(t.value)} for t in self._complete(study)]
         best = max(trials, key=lambda t: t["value"])
         self._write_best(best)
-        reproduced = [self._reproduce(best, base, space, seed + 1 + j) for j in range(self.reproductions)]
+        reproduced = [self._reproduce(best, base, space, j, seed + 1 + j) for j in range(self.reproductions)]
         from .bayesian_report import write_report
 
         table, plot = write_report(self.folder, trials, best, reproduced, space)
@@ -167,8 +167,8 @@ class BayesianSearch:
                             "validation_accuracy": best["value"]}, f, sort_keys=False)
         os.replace(path + ".tmp", path)
 
-    def _reproduce(self, best: dict, base, space, seed: int) -> dict[str, Any]:
-        j = seed - int(base.get("seed", 0)) - 1
+    def _reproduce(self, best: dict, base, space, j: int, seed: int) -> dict[str, Any]:
+        """Reproduction ``j`` of the best trial's parameters with ``seed`` (kept once finished)."""
         folder = f"{self.experiment_name}_reproduction{j}"
         done = os.path.join(self.folder, folder, "reproduction.yaml")
         if os.path.isfile(done):
