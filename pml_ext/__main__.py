@@ -3,6 +3,8 @@
     pml-ext run --experiment_name NAME [--root_config_folder DIR] [--root_experiment_folder DIR]
                 [--config_<category> name ...] [--resume_training latest] [--dataset_root DIR]
                 [--register_module MODULE ...] [--verbose] [--key <yaml> ...]
+                [--evaluate [best|latest]]                  # test saved models, no training
+                [--bayes_opt_iters N [--reproductions M]]  # Bayesian search over ~BAYESIAN~ ranges
     pml-ext run [--dataset glyphs|digits] [--methods NAME ...] [--verbose] [--key <yaml> ...]
                                                              # the main job (no experiment name)
 
@@ -30,6 +32,12 @@ OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "d
 MAIN_JOB_DATASET_NAMES = ("glyphs", "digits", "none")
 LIST_OPTIONS = {"register_module", "methods"}
 FLAGS = {"verbose"}
+INT_OPTIONS = {"bayes_opt_iters", "reproductions"}
+# PB flags this runner does not have, and why (docs/runner.md)
+UNSUPPORTED_OPTIONS = {
+    "evaluate_ensemble": "PB's ensembles of the split schemes' models are not supported; use --evaluate",
+    "reproduce_results": "not supported; rerun the saved configs with --root_config_folder <experiment>/configs",
+}
 _KEY = re.compile(r"^--[A-Za-z]")
 
 
@@ -59,6 +67,16 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
             if words:
                 raise ConfigError("command line", f"--{key}", f"takes no value, got {' '.join(words)!r}")
             options[key] = True
+        elif key in UNSUPPORTED_OPTIONS:
+            raise ConfigError("command line", f"--{key}", UNSUPPORTED_OPTIONS[key])
+        elif key == "evaluate":
+            if len(words) > 1 or (words and words[0] not in ("best", "latest")):
+                raise ConfigError("command line", "--evaluate", f"takes nothing, best or latest, got {words}")
+            options["evaluate"] = words[0] if words else "best"
+        elif key in INT_OPTIONS:
+            if len(words) != 1 or not words[0].isdigit():
+                raise ConfigError("command line", f"--{key}", f"takes one integer, got {words}")
+            options[key] = int(words[0])
         elif key == "dataset" and len(words) == 1 and words[0] in MAIN_JOB_DATASET_NAMES:
             options["dataset"] = words[0]
         elif key in OPTIONS:
@@ -115,12 +133,14 @@ def run(argv: Sequence[str]) -> int:
     root = options.get("root_experiment_folder", "experiments")
     if "dataset" in options and "experiment_name" in options:
         raise ValueError("--dataset chooses the main job's data set; with --experiment_name use --config_dataset")
+    if "bayes_opt_iters" in options or "reproductions" in options:
+        return _bayesian_search(options, config_names, overrides, root)
     if "experiment_name" in options:
         summary = ExperimentRunner(
             options["experiment_name"], root_experiment_folder=root,
             root_config_folder=options.get("root_config_folder"), config_names=config_names,
             overrides=overrides, resume_training=options.get("resume_training"),
-            dataset_root=options.get("dataset_root", "datasets")).run()
+            dataset_root=options.get("dataset_root", "datasets"), evaluate=options.get("evaluate")).run()
         if "table" in summary:  # rank 0
             print(summary["table"])
             print(f"Experiment folder: {summary['experiment_folder']}")
@@ -141,6 +161,24 @@ def run(argv: Sequence[str]) -> int:
         print(f"skipped: {skipped}")
     if result["plot"]:
         print(f"Plot: {result['plot']}")
+    return 0
+
+
+def _bayesian_search(options: dict, config_names: dict, overrides: list, root: str) -> int:
+    from .runner.bayesian_search import BayesianSearch
+
+    if "experiment_name" not in options or "bayes_opt_iters" not in options:
+        raise ValueError("--bayes_opt_iters (and --reproductions) need --experiment_name and --bayes_opt_iters")
+    if "evaluate" in options:
+        raise ValueError("--evaluate tests one experiment; run it on a trial's folder instead of the search")
+    result = BayesianSearch(options["experiment_name"], options["bayes_opt_iters"], options.get("reproductions", 0),
+                            root_experiment_folder=root, root_config_folder=options.get("root_config_folder"),
+                            config_names=config_names, overrides=overrides,
+                            resume_training=options.get("resume_training"),
+                            dataset_root=options.get("dataset_root", "datasets")).run()
+    print(result["table"])
+    print(f"Best trial: {result['best']['folder']} (validation accuracy {result['best']['value']:.4f})")
+    print(f"Plot: {result['plot']}")
     return 0
 
 

@@ -73,8 +73,12 @@ def test_unknown_names_list_the_closest_known_ones():
     with pytest.raises(ConfigError, match=r"f.yaml: loss_funcs.metric_loss: unknown loss 'TripletMarginLos'\. "
                                           r"Closest known names: TripletMarginLoss"):
         Registry().build("loss", {"TripletMarginLos": {}}, "f.yaml", "loss_funcs.metric_loss")
-    with pytest.raises(ConfigError, match=r"unknown model 'bninception' \(torchvision is not installed"):
-        Registry().get("model", "bninception")
+    # PB's default trunk resolves (built through pretrainedmodels); torchvision's names are known
+    from pml_ext.runner.trunks import bninception
+
+    assert Registry().get("model", "bninception") is bninception
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet500'\. Closest known names: .*resnet50"):
+        Registry().get("model", "resnet500")
 
 
 def test_constructor_and_spec_errors_name_the_key():

@@ -15,7 +15,7 @@ import pml_ext
 from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ExperimentRunner, Registry
 
-PB = str(pathlib.Path(__file__).parent / "data" / "pb_configs")
+PB = str(pathlib.Path(__file__).parent / "data" / "pb_configs")  # pml_ext's fixtures in PB's layout
 SCHEME = "Test50_50_Partitions1_0"  # the bundled split: train digits 0-4 (a quarter held out as val), test 5-9
 ACC_TABLE = "accuracies_normalized_GlobalEmbeddingSpaceTester_level_0_{}_vs_self"
 FAST = [("num_epochs_train", 1), ("trainer~APPLY~2", {"iterations_per_epoch": 3}),
@@ -34,9 +34,9 @@ def tables(db):
 def test_pb_default_config_runs_one_short_epoch_and_leaves_records(tmp_path):
     overrides = [
         ("dataset~OVERRIDE~", {"Digits": {}}),
-        # PB's trunk (bninception) -> MLP; PB's embedder is already MLP(layer_sizes=[128]).
+        # the fixture's trunk (resnet18, for images) -> MLP; its embedder is already MLP(layer_sizes=[32]).
         ("models", {"trunk~OVERRIDE~": {"MLP": {"layer_sizes": [64], "final_relu": True}}}),
-        # run length and speed only: 1 epoch of 3 iterations, one of PB's 4 cross-validation
+        # run length and speed only: 1 epoch of 3 iterations, one of the 3 cross-validation
         # folds, no worker processes, one thread (the test shares 2 cores)
         ("num_epochs_train", 1), ("save_interval", 1), ("split_manager~APPLY~2", {"num_training_sets": 1}),
         ("trainer~APPLY~2", {"iterations_per_epoch": 3, "dataloader_num_workers": 0}),
@@ -44,7 +44,7 @@ def test_pb_default_config_runs_one_short_epoch_and_leaves_records(tmp_path):
     ]
     runner = ExperimentRunner("pb", root_experiment_folder=str(tmp_path), root_config_folder=PB, overrides=overrides)
     summary = runner.run()
-    folder = tmp_path / "pb" / "Test50_50_Partitions4_0"
+    folder = tmp_path / "pb" / "Test50_50_Partitions3_0"
     db = str(folder / "saved_csvs" / "logs.db")
     # PB's tester compares val with itself; check_untrained_accuracy gives epochs -1 (trunk) and 0.
     assert query(db, f"SELECT epoch FROM {ACC_TABLE.format('VAL')} ORDER BY epoch") == [(0,), (1,)]
@@ -52,15 +52,15 @@ def test_pb_default_config_runs_one_short_epoch_and_leaves_records(tmp_path):
     assert query(db, f"SELECT epoch FROM {trunk_table}") == [(-1,)]
     maps = query(db, f"SELECT mean_average_precision_at_r_level0 FROM {ACC_TABLE.format('VAL')}")
     assert all(0 < m <= 1 for (m,) in maps)
-    # PML's MetricLossOnly trained PB's ContrastiveLoss with PB's RMSprop(lr=1e-6), PB's HookContainer
-    # logging iteration 0 (log_freq 50).
-    assert {"metric_loss_ContrastiveLoss", "trunk_optimizer_RMSprop", "loss_histories"} <= tables(db)
-    assert query(db, "SELECT lr FROM trunk_optimizer_RMSprop") == [(1e-6,)]
+    # PML's MetricLossOnly trained the fixture's TripletMarginLoss with its Adam(lr=2e-5), PML's
+    # HookContainer logging iteration 0 (log_freq 50).
+    assert {"metric_loss_TripletMarginLoss", "trunk_optimizer_Adam", "loss_histories"} <= tables(db)
+    assert query(db, "SELECT lr FROM trunk_optimizer_Adam") == [(2e-5,)]
     assert len(query(db, "SELECT total_loss FROM loss_histories")) == 1
-    # MLP sizes list outputs; the input size is prepended: 64 pixels -> 64 -> 128.
+    # MLP sizes list outputs; the input size is prepended: 64 pixels -> 64 -> 32.
     embedder = torch.load(folder / "saved_models" / "embedder_1.pth")
-    assert embedder["0.weight"].shape == (128, 64)
-    assert summary["schemes"]["Test50_50_Partitions4_0"]["last_epoch"] == 1
+    assert embedder["0.weight"].shape == (32, 64)
+    assert summary["schemes"]["Test50_50_Partitions3_0"]["last_epoch"] == 1
     assert (tmp_path / "pb" / "configs" / "config_general.yaml").is_file()
     assert (tmp_path / "pb" / "primary_metric.png").is_file()
 

@@ -1,4 +1,5 @@
 """Run powerful-benchmarker configs on PML 2.x with pml_ext classes (``pml-ext run``)."""
+from .bayesian_search import BayesianSearch
 from .checkpoint_store import CheckpointError, CheckpointStore
 from .comparison_runner import ComparisonRunner
 from .config_error import ConfigError

@@ -15,8 +15,9 @@ carry a flag that changes how its value lands:
                        and keeps its value (merging the kwargs into it)
 =====================  ==================================================================
 
-``~BAYESIAN~``, ``~LOG_BAYESIAN~`` and ``~INT_BAYESIAN~`` keys were PB's hyper-parameter
-search; the runner has none, so they raise a ``ConfigError`` asking for a value.
+``~BAYESIAN~``, ``~LOG_BAYESIAN~`` and ``~INT_BAYESIAN~`` keys mark PB's hyper-parameter
+search ranges (``lr~LOG_BAYESIAN~: [0.000001, 1]``); they merge as plain keys and
+:mod:`.bayesian_search` replaces each with a value per trial.
 
 A ``None`` at the depth that ``~APPLY~`` targets counts as an empty dict, because PB writes
 "a class with default kwargs" as ``ContrastiveLoss:`` (``None``).
@@ -51,7 +52,7 @@ def split_flag(key: Any, source: str = "", path: str = "") -> tuple[Any, str | N
     name, flag, arg = match.group("name"), match.group("flag"), match.group("arg")
     where = _join(path, key)
     if flag in _SEARCH_FLAGS:
-        raise ConfigError(source, where, "hyper-parameter search is not supported; give a value")
+        return key, None, None  # kept verbatim: the Bayesian search (bayesian_search.py) reads it
     if flag in _NO_ARG_FLAGS:
         if arg:
             raise ConfigError(source, where, f"~{flag}~ takes no depth")

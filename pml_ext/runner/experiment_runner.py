@@ -29,13 +29,17 @@ from .config_reader import ConfigReader
 from .epoch_updater import EpochUpdater, unwrap
 from .experiment_config import ExperimentConfig
 from .experiment_lock import ExperimentLock
+from .evaluate_only import EVALUATE_CHOICES, evaluate_saved_models
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
+from .pb_trainers import PBTrainerRules
 from .registry import Registry, default_registry
 from .rank_wait import RankZeroWait, describe_collective_failure
 from .run_output import EpochProgress
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
                         log_fatal_error, remove_failed_start, validation_split)
+from .search_space import reject_search_keys
+from .split_checks import check_batches, check_split_classes
 from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
 from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
                           sql_safe_record_keeper)
@@ -62,11 +66,10 @@ GENERAL_DEFAULTS = {
 }
 # PB keys with no effect here (PB's factories, ensembles, Bayesian runner and API parsers)
 IGNORED_KEYS = ("api_parser", "factories", "aggregator", "ensemble", "save_figures_on_tensorboard",
-                "override_required_compatible_factories", "skip_ensemble_eval_if_already_done",
-                "layers_to_extract")
+                "override_required_compatible_factories", "skip_ensemble_eval_if_already_done")
 USED_KEYS = set(GENERAL_DEFAULTS) | set(IGNORED_KEYS) | {
     "trainer", "models", "optimizers", "loss_funcs", "mining_funcs", "sampler", "controllers", "controller",
-    "transforms", "tester", "hook_container", "dataset", "split_manager"}
+    "transforms", "tester", "hook_container", "dataset", "split_manager", "layers_to_extract"}
 # required top-level keys and the category that should define each
 REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimizers": "config_optimizers",
                  "loss_funcs": "config_loss_and_miners", "tester": "config_eval", "dataset": "config_dataset",
@@ -87,16 +90,23 @@ class ExperimentRunner:
             used, with ``overrides`` merged on top (e.g. a larger ``num_epochs_train``).
         dataset_root: where local data sets live (CUB200, Cars196, SOP, NpzFeatures).
         registry: resolves class names (default: the one :func:`pml_ext.register` fills).
+        config: an already merged config to run instead of reading ``root_config_folder``
+            (a Bayesian search trial); ignored when resuming (the saved one is used).
+        evaluate: PB's ``--evaluate``: test the saved models of a finished experiment
+            without training (:mod:`.evaluate_only`); ``"best"`` or ``"latest"`` models.
     """
 
     def __init__(self, experiment_name: str, root_experiment_folder: str = "experiments",
                  root_config_folder: str | None = None, config_names: Mapping | None = None,
                  overrides: Mapping | None = None, resume_training: str | None = None,
-                 dataset_root: str = "datasets", registry: Registry | None = None):
+                 dataset_root: str = "datasets", registry: Registry | None = None,
+                 config: ExperimentConfig | None = None, evaluate: str | None = None):
         check_experiment_name(experiment_name)
         check_root_folder(root_experiment_folder)
         if resume_training not in (None, "latest"):
             raise ValueError(f"resume_training must be 'latest' or None, got {resume_training!r}")
+        if evaluate not in (None,) + EVALUATE_CHOICES:
+            raise ValueError(f"evaluate must be one of {', '.join(EVALUATE_CHOICES)}, got {evaluate!r}")
         self.experiment_name = experiment_name
         self.experiment_folder = os.path.abspath(os.path.join(root_experiment_folder, experiment_name))
         self.root_config_folder = root_config_folder
@@ -105,6 +115,8 @@ class ExperimentRunner:
         self.resume_training = resume_training
         self.dataset_root = dataset_root
         self.registry = registry or default_registry
+        self.config = config
+        self.evaluate = evaluate
         self.rank, self.world_size = 0, 1
         self.objects: dict[str, dict] = {}  # per split scheme: what the run built, for inspection
 
@@ -113,7 +125,7 @@ class ExperimentRunner:
     def read_config(self) -> ExperimentConfig:
         """The merged config: the root folder's files, or the saved ones when resuming."""
         configs_folder = os.path.join(self.experiment_folder, "configs")
-        if self.resume_training:
+        if self.resume_training or self.evaluate:
             saved = ExperimentConfig.load_saved(configs_folder)
             return ConfigReader.apply_overrides(saved, self.overrides)
         if os.path.isdir(configs_folder) and not has_started(self.experiment_folder):
@@ -123,6 +135,8 @@ class ExperimentRunner:
         if os.path.isdir(configs_folder):
             raise ValueError(f"experiment_name: {self.experiment_folder} already exists; pass "
                              f"--resume_training latest to continue it, or choose another name")
+        if self.config is not None:
+            return ConfigReader.apply_overrides(self.config, self.overrides)
         return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
 
     def general(self, config: ExperimentConfig) -> dict:
@@ -181,8 +195,9 @@ class ExperimentRunner:
 
     # ---- data -----------------------------------------------------------------------------
 
-    def datasets(self, config: ExperimentConfig, factory: ObjectFactory):
-        """``(train-time dataset, eval-time dataset)``: the same data, with each split's transforms."""
+    def datasets(self, config: ExperimentConfig, factory: ObjectFactory, raw_train: bool = False):
+        """``(train-time dataset, eval-time dataset)``: the same data, with each split's transforms
+        (``raw_train``: training items untransformed, for a trainer that augments them itself)."""
         spec = config.require("dataset", "config_dataset")
         source = config.source_of("dataset")
         name, kwargs = self.registry.parse_spec(spec, source, "dataset")
@@ -192,7 +207,8 @@ class ExperimentRunner:
             injected["dataset_root"] = self.dataset_root
         if getattr(cls, "needs_image_transforms", False):
             train = self.registry.build("dataset", spec, source, "dataset",
-                                        transform=factory.image_transform("train"), **injected)
+                                        transform=None if raw_train else factory.image_transform("train"),
+                                        **injected)
             evaluation = self.registry.build("dataset", spec, source, "dataset",
                                              transform=factory.image_transform("eval"), **injected)
             return train, evaluation
@@ -223,6 +239,7 @@ class ExperimentRunner:
         restore_threads, general, distributed, wrote_config = (lambda: None), None, False, False
         try:
             config = self.read_config()
+            reject_search_keys(config)
             general = self.general(config)
             self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
             distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"])
@@ -230,7 +247,7 @@ class ExperimentRunner:
             restore_threads = self._set_threads(general["num_threads"])
             if distributed:  # every rank has read the config before rank 0 writes the experiment's folder
                 torch.distributed.barrier()
-            if self.rank == 0:
+            if self.rank == 0 and not self.evaluate:
                 self._save_config(config)
                 wrote_config = not self.resume_training
             return self._run(config, general, distributed)
@@ -301,12 +318,20 @@ class ExperimentRunner:
         ignored = [k for k in IGNORED_KEYS if config.get(k)]
         if ignored:
             LOGGER.info("PB keys without effect in pml_ext's runner: %s", ", ".join(ignored))
+        self.trainer_rules = PBTrainerRules(config, self.registry)
+        self.trainer_rules.check()
         factory = ObjectFactory(config, self.registry)
         seed_all(general["seed"])
-        train_data, eval_data = self.datasets(config, factory)
+        train_data, eval_data = self.datasets(config, factory, raw_train=self.trainer_rules.unsupervised)
         manager = self.registry.build("split_manager", config.require("split_manager", "config_dataset"),
                                       config.source_of("split_manager"), "split_manager")
         schemes = manager.split_schemes(train_data)
+        _, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"), config.source_of("tester"),
+                                                    "tester")
+        check_split_classes(schemes, manager.labels_of(train_data), self.map_splits_to_eval(
+            general["splits_to_eval"], tester_kwargs.get("reference_set", "compared_to_self"),
+            list(next(iter(schemes.values()))), config.source_of("splits_to_eval")),
+            config.source_of("splits_to_eval"), getattr(manager, "num_training_partitions", None))
         report = None
         summary: dict[str, Any] = {"experiment_folder": self.experiment_folder, "schemes": {}}
         for scheme_name, indices in schemes.items():
@@ -346,9 +371,13 @@ class ExperimentRunner:
         train_set = torch.utils.data.Subset(train_data, train_idx.tolist())
         eval_sets = {split: torch.utils.data.Subset(eval_data, list(map(int, idx))) for split, idx in indices.items()}
 
-        sample = getter(torch.utils.data.default_collate([train_set[i] for i in range(min(2, len(train_set)))]))[0]
-        models = {k: v.to(device) for k, v in factory.models(sample).items()}
-        loss_funcs = factory.named_objects("loss_funcs", "loss", required=True)
+        sample = getter(torch.utils.data.default_collate([eval_sets["train"][i]
+                                                          for i in range(min(2, len(train_set)))]))[0]
+        num_classes = len(torch.unique(train_labels))
+        models = {k: v.to(device) for k, v in factory.models(
+            sample, num_classes, self.trainer_rules.layers_to_extract()).items()}
+        loss_funcs = factory.named_objects("loss_funcs", "loss", required=True, offered={
+            "num_classes": num_classes, "embedding_size": factory.embedding_sizes[0]})
         mining_funcs = factory.named_objects("mining_funcs", "miner", required=False)
         for name, obj in list(loss_funcs.items()) + list(mining_funcs.items()):
             if isinstance(obj, torch.nn.Module):
@@ -356,7 +385,12 @@ class ExperimentRunner:
         trainer_name, trainer_kwargs = self.registry.parse_spec(config.require("trainer", "config_general"),
                                                                  config.source_of("trainer"), "trainer")
         batch_size = int(trainer_kwargs.get("batch_size", 32))
+        # PB's parsers set these over the config's values (e.g. no sampler for unsupervised training)
+        trainer_kwargs.update(self.trainer_rules.trainer_kwargs(factory, factory.embedding_sizes,
+                                                                manager.data_and_label_getter_keys))
         sampler = factory.sampler(train_labels, train_set, batch_size, mining_funcs, seed)
+        check_batches(None if "sampler" in trainer_kwargs and trainer_kwargs["sampler"] is None else sampler,
+                      len(train_set), batch_size, config.source_of("trainer"))
         controllers = factory.controllers({"mining_funcs": mining_funcs, "loss_funcs": loss_funcs,
                                            "models": models, "sampler": sampler})
         optimizers, lr_schedulers, clippers = factory.optimizers({**models, **loss_funcs})
@@ -463,6 +497,10 @@ class ExperimentRunner:
             state_dict/load_state_dict}`` (a new stateful object is one more entry)."""
             return trainer_objects(trainer, hooks.saveable_trainer_objects)
 
+        if self.evaluate:
+            info = {"evaluation": evaluate_saved_models(self.evaluate, tester, models, eval_sets, folder,
+                                                        splits_to_eval, device)}
+            return info, None
         start_epoch = 1
         if self.resume_training:
             start_epoch = store.resume(checkpoint_objects(), device, clean_up=self.rank == 0) + 1

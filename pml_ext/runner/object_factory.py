@@ -6,8 +6,9 @@ docs/runner.md):
 - **MLP sizes.** As in PB, an ``MLP``'s ``layer_sizes`` list its *output* sizes: the input
   size is prepended (the data's feature size for the trunk, the trunk's output size for
   the embedder).
-- **torchvision models** (when installed) are built without downloading: ``pretrained``
-  needs a local ``weights_path``; the trunk's last linear layer becomes ``Identity`` (PB).
+- **Trunks** (torchvision architectures, ``bninception``) are built by :mod:`.trunks`:
+  never downloaded, ``pretrained`` needs a local ``weights_path``, the last linear layer
+  becomes ``Identity`` (PB).
 - **Optimizers** are named ``<model or loss>_optimizer``; a ``scheduler: {StepLR: ...}``
   and ``clip_grad_norm`` inside the kwargs become PML's ``<name>_scheduler_by_epoch`` and
   ``<name>_grad_clipper``. An optimizer for an object without parameters is skipped
@@ -29,12 +30,14 @@ import torch
 from ..utils.dotted_path import resolve, resolve_object
 from .config_error import ConfigError
 from .experiment_config import ExperimentConfig
+from .pb_models import LayerExtractor, ListOfModels, mlp_layer_sizes
 from .registry import Registry
+from .vision import import_torchvision
+from .trunks import ToSpaceAndRange, build_trunk, input_convention, is_trunk_factory
 
 __all__ = ["ObjectFactory"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def _numbers(value: Any) -> Any:
@@ -85,23 +88,45 @@ class ObjectFactory:
 
     # ---- models ---------------------------------------------------------------------------
 
-    def models(self, sample: torch.Tensor) -> dict[str, torch.nn.Module]:
+    def models(self, sample: torch.Tensor, num_classes: int | None = None,
+               layers_to_extract: list | None = None) -> dict[str, torch.nn.Module]:
         """``{"trunk": ..., "embedder": ...}`` (plus any other named model) for input ``sample``
-        (one batch ``[b, ...]`` of training data)."""
+        (one batch ``[b, ...]`` of training data), sized by PB's rules (:mod:`.pb_models`).
+
+        Args:
+            num_classes: the training classes, appended to ``classifier*`` MLPs.
+            layers_to_extract: cascaded embeddings: the trunk layers to read, one embedder each.
+        """
         specs = self.mapping("models")
         if "trunk" not in specs:
             raise ConfigError(self.source("models"), "models.trunk", "required key is missing")
-        models = {"trunk": self._model("trunk", specs["trunk"], sample)}
-        with torch.no_grad():
-            models["trunk"].eval()
-            trunk_out = models["trunk"](sample)
-            models["trunk"].train()
-        for role, spec in specs.items():
-            if role != "trunk":
-                models[role] = self._model(role, spec, trunk_out)
+        trunk = self._model("trunk", specs["trunk"], sample)
+        if layers_to_extract is not None:
+            try:
+                trunk = LayerExtractor(trunk, layers_to_extract)
+            except ValueError as exc:
+                raise ConfigError(self.source("layers_to_extract"), "layers_to_extract", str(exc)) from None
+        models = {"trunk": trunk}
+        outputs = {"trunk": _example_output(trunk, sample)}
+        # the embedder first: a classifier's input size is the embedder's output size
+        for role in sorted((r for r in specs if r != "trunk"), key=lambda r: r != "embedder"):
+            source = outputs["embedder"] if role.startswith("classifier") and "embedder" in outputs \
+                else outputs["trunk"]
+            if role == "embedder" and layers_to_extract is not None:
+                parts = torch.split(source, trunk.output_sizes, dim=1)
+                models[role] = ListOfModels([self._model(role, specs[role], p, num_classes) for p in parts],
+                                            trunk.output_sizes)
+            else:
+                models[role] = self._model(role, specs[role], source, num_classes)
+            if role == "embedder":
+                outputs[role] = _example_output(models[role], source)
+        embedding_size = outputs.get("embedder", outputs["trunk"]).shape[1]
+        self.embedding_sizes = [embedding_size // len(trunk.output_sizes)] * len(trunk.output_sizes) \
+            if layers_to_extract is not None else [embedding_size]
         return models
 
-    def _model(self, role: str, spec: Any, example_input: torch.Tensor) -> torch.nn.Module:
+    def _model(self, role: str, spec: Any, example_input: torch.Tensor,
+               num_classes: int | None = None) -> torch.nn.Module:
         from ..models.mlp import MLP
 
         key = f"models.{role}"
@@ -113,37 +138,38 @@ class ObjectFactory:
                 raise ConfigError(self.source("models"), f"{key}.{name}.layer_sizes",
                                   "must be a list of output sizes, e.g. [128]")
             in_dim = int(example_input.reshape(example_input.shape[0], -1).shape[1])
-            kwargs["layer_sizes"] = [in_dim] + [int(s) for s in sizes]
+            kwargs["layer_sizes"] = mlp_layer_sizes(role, sizes, in_dim, num_classes)
             model = self.registry.build("model", {name: kwargs}, self.source("models"), key)
             return torch.nn.Sequential(torch.nn.Flatten(), model) if example_input.dim() > 2 else model
-        if getattr(cls, "__module__", "").startswith("torchvision"):
-            return self._torchvision_model(role, name, cls, kwargs)
+        if is_trunk_factory(cls):
+            return build_trunk(name, cls, kwargs, self.source("models"), f"{key}.{name}", is_trunk=role == "trunk")
         return self.registry.build("model", {name: kwargs}, self.source("models"), key)
-
-    def _torchvision_model(self, role: str, name: str, fn, kwargs: dict) -> torch.nn.Module:
-        key = f"models.{role}.{name}"
-        pretrained = kwargs.pop("pretrained", None)
-        weights_path = kwargs.pop("weights_path", None)
-        kwargs.pop("weights", None)
-        if pretrained and not weights_path:
-            raise ConfigError(self.source("models"), key, "pretrained weights are only loaded from a local file "
-                                                          "(pml_ext never downloads): give weights_path")
-        model = fn(weights=None, **kwargs)
-        if weights_path:
-            model.load_state_dict(torch.load(weights_path, map_location="cpu"))
-        if role == "trunk":
-            for attr in ("fc", "last_linear", "classifier"):
-                if hasattr(model, attr):
-                    setattr(model, attr, torch.nn.Identity())
-                    break
-        return model
 
     # ---- losses, miners, controllers ------------------------------------------------------
 
-    def named_objects(self, key: str, kind: str, required: bool) -> dict[str, Any]:
-        """Build every ``{name: {ClassName: kwargs}}`` entry of ``key`` as ``kind``."""
-        return {name: self.registry.build(kind, spec, self.source(key), f"{key}.{name}")
-                for name, spec in self.mapping(key, required).items()}
+    def named_objects(self, key: str, kind: str, required: bool, offered: dict | None = None) -> dict[str, Any]:
+        """Build every ``{name: {ClassName: kwargs}}`` entry of ``key`` as ``kind``.
+
+        ``offered`` values (``num_classes``, ``embedding_size``) fill *required* constructor
+        arguments the config leaves out, as PB's loss factory did.
+        """
+        out = {}
+        for name, spec in self.mapping(key, required).items():
+            cls_name, kwargs = self.registry.parse_spec(spec, self.source(key), f"{key}.{name}")
+            cls = self.registry.get(kind, cls_name, self.source(key), f"{key}.{name}")
+            out[name] = self.registry.build(kind, spec, self.source(key), f"{key}.{name}",
+                                            **self.missing_required(cls, kwargs, offered or {}))
+        return out
+
+    @staticmethod
+    def missing_required(cls: Any, kwargs: dict, available: dict) -> dict:
+        """The ``available`` values for required arguments of ``cls`` that ``kwargs`` lacks."""
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {arg: available[arg] for arg, p in params.items()
+                if p.default is p.empty and arg in available and arg not in kwargs and available[arg] is not None}
 
     def controllers(self, run_objects: dict[str, Any]) -> dict[str, tuple[Any, Any, str]]:
         """``{name: (controller, module, attribute)}`` from ``controllers:`` (or one ``controller:``)."""
@@ -221,31 +247,36 @@ class ObjectFactory:
         for arg, value in (("labels", labels), ("length_before_new_iter", len(labels))):
             if self.accepts(cls, arg):
                 injected[arg] = value
-        try:
-            params = inspect.signature(cls).parameters
-        except (TypeError, ValueError):
-            params = {}
         available = {"batch_size": batch_size, "seed": seed, "dataset": dataset,
                      "miner": miners.get("tuple_miner", next(iter(miners.values()), None))}
-        for arg, p in params.items():
-            if p.default is p.empty and arg in available and arg not in kwargs and available[arg] is not None:
-                injected[arg] = available[arg]
+        injected.update(self.missing_required(cls, kwargs, available))
         return self.registry.build("sampler", {name: kwargs}, source, "sampler", **injected)
 
     # ---- transforms -----------------------------------------------------------------------
 
     def image_transform(self, which: str):
-        """torchvision ``Compose`` of ``transforms.<which>`` + ToTensor + ImageNet Normalize."""
+        """torchvision ``Compose`` of ``transforms.<which>`` + ToTensor + the trunk's input
+        convention (channel order, range, mean and std; see :func:`trunks.input_convention`)."""
         specs = (self.config.get("transforms") or {}).get(which) or {}
-        try:
-            import torchvision.transforms as T
-        except ImportError:
-            raise ConfigError(self.source("dataset"), "dataset", "image data sets need torchvision for their "
-                                                                 "transforms: pip install torchvision") from None
+        T = import_torchvision().transforms
         steps = [self.registry.build("transform", {n: {k: _numbers(v) for k, v in (kw or {}).items()}},
                                      self.source("transforms"), f"transforms.{which}")
                  for n, kw in specs.items()]
-        return T.Compose(steps + [T.ToTensor(), T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
+        trunk = (self.config.get("models") or {}).get("trunk")
+        convention = input_convention(next(iter(trunk)) if isinstance(trunk, dict) and len(trunk) == 1 else None)
+        steps.append(T.ToTensor())
+        if convention["input_space"] != "RGB" or max(convention["input_range"]) != 1:
+            steps.append(ToSpaceAndRange(convention["input_space"], convention["input_range"]))
+        return T.Compose(steps + [T.Normalize(mean=convention["mean"], std=convention["std"])])
+
+
+def _example_output(model: torch.nn.Module, example_input: torch.Tensor) -> torch.Tensor:
+    """``model``'s output for ``example_input`` in eval mode, without gradients (for sizes)."""
+    with torch.no_grad():
+        model.eval()
+        out = model(example_input)
+        model.train()
+    return out
 
 
 class _GradClipper:

@@ -34,14 +34,15 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "loss": (("pytorch_metric_learning.losses.BaseMetricLossFunction",
               "pytorch_metric_learning.losses.base_loss_wrapper.BaseLossWrapper",
               "pytorch_metric_learning.losses.MultipleLosses"),
-             ("pytorch_metric_learning.losses",)),
+             ("pytorch_metric_learning.losses", "pml_ext.runner.classification_losses")),
     "miner": (("pytorch_metric_learning.miners.BaseMiner",), ("pytorch_metric_learning.miners",)),
     "distance": (("pytorch_metric_learning.distances.BaseDistance",), ("pytorch_metric_learning.distances",)),
     "reducer": (("pytorch_metric_learning.reducers.BaseReducer",), ("pytorch_metric_learning.reducers",)),
     "regularizer": (("pytorch_metric_learning.regularizers.BaseRegularizer",),
                     ("pytorch_metric_learning.regularizers",)),
     "sampler": (("torch.utils.data.Sampler",), ("pytorch_metric_learning.samplers", "torch.utils.data")),
-    "trainer": (("pytorch_metric_learning.trainers.BaseTrainer",), ("pytorch_metric_learning.trainers",)),
+    "trainer": (("pytorch_metric_learning.trainers.BaseTrainer",),
+                ("pytorch_metric_learning.trainers", "pml_ext.runner.unsupervised_trainer")),
     "tester": (("pytorch_metric_learning.testers.BaseTester",), ("pytorch_metric_learning.testers",)),
     "accuracy_calculator": (("pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator",),
                             ("pytorch_metric_learning.utils.accuracy_calculator",)),
@@ -49,7 +50,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                        ("pytorch_metric_learning.utils.logging_presets",)),
     "optimizer": (("torch.optim.Optimizer",), ("torch.optim",)),
     "lr_scheduler": (("torch.optim.lr_scheduler.LRScheduler",), ("torch.optim.lr_scheduler",)),
-    "model": (("torch.nn.Module",), ("pml_ext.models", "torch.nn", "torchvision.models")),
+    "model": (("torch.nn.Module",), ("pml_ext.models", "pml_ext.runner.pb_models", "torch.nn", "torchvision.models")),
     "transform": ((), ("torchvision.transforms",)),
     "dataset": (("torch.utils.data.Dataset",), ("pml_ext.runner.datasets",)),
     "split_manager": ((), ("pml_ext.runner.split_manager",)),
@@ -79,6 +80,13 @@ def _import(dotted: str):
     An installed but broken package counts as absent: PyPI's torchvision beside a CPU build
     of torch raises ``RuntimeError`` ("operator torchvision::nms does not exist") on import,
     which must not stop the lookup of every other name."""
+    if dotted.startswith("torchvision"):
+        from .vision import import_torchvision
+
+        try:
+            import_torchvision()
+        except ConfigError:
+            return None
     try:
         return importlib.import_module(dotted)
     except ImportError:

@@ -1,0 +1,182 @@
+"""PB's Bayesian hyper-parameter search (``--bayes_opt_iters N``), on Optuna.
+
+Folder (PB's layout)::
+
+    <root_experiment_folder>/<experiment_name>/
+        configs/                    the merged config, search ranges included
+        optuna.db                   the study (SQLite): every trial's parameters and value
+        <experiment_name><i>/       trial i: an ordinary experiment folder, resumable
+        <experiment_name>_reproduction<j>/   the best trial's parameters with seed + 1 + j
+        bayes_opt_summary.csv, bayes_opt_summary.md, bayes_opt_plot.png, best_parameters.yaml
+
+A trial's value is its validation accuracy (the primary metric at its best epoch, mean over
+split schemes); the test split never takes part in choosing. The sampler is Optuna's TPE,
+re-seeded before each trial with ``seed + trial number``, so a resumed search asks for
+the same parameters as an uninterrupted one. ``--resume_training latest`` continues a
+killed search: finished trials are kept, an interrupted one is resumed in its own folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import yaml
+
+from .config_error import ConfigError
+from .config_reader import ConfigReader
+from .experiment_config import ExperimentConfig
+from .experiment_runner import ExperimentRunner
+from .search_space import search_space, substitute
+
+__all__ = ["BayesianSearch"]
+
+LOGGER = logging.getLogger("pml_ext.runner")
+
+
+class BayesianSearch:
+    """Search the config's ``~BAYESIAN~`` ranges, then reproduce the best trial.
+
+    Args:
+        experiment_name, root_experiment_folder, root_config_folder, config_names,
+            overrides, dataset_root, registry: as for :class:`ExperimentRunner`.
+        bayes_opt_iters: the number of trials (>= 1).
+        reproductions: runs of the best trial's parameters with other seeds (>= 0).
+        resume_training: ``"latest"`` to continue a search folder.
+    """
+
+    def __init__(self, experiment_name: str, bayes_opt_iters: int, reproductions: int = 0,
+                 root_experiment_folder: str = "experiments", root_config_folder: str | None = None,
+                 config_names: Mapping | None = None, overrides=None, resume_training: str | None = None,
+                 dataset_root: str = "datasets", registry=None):
+        for name, value, low in (("bayes_opt_iters", bayes_opt_iters, 1), ("reproductions", reproductions, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.experiment_name = experiment_name
+        self.folder = os.path.abspath(os.path.join(root_experiment_folder, experiment_name))
+        self.bayes_opt_iters, self.reproductions = bayes_opt_iters, reproductions
+        self.runner_kwargs = {"root_experiment_folder": self.folder, "dataset_root": dataset_root,
+                              "registry": registry}
+        self.root_config_folder, self.config_names = root_config_folder, dict(config_names or {})
+        self.overrides = list(overrides.items() if hasattr(overrides, "items") else (overrides or []))
+        self.resume_training = resume_training
+
+    # ---- config -------------------------------------------------------------------------
+
+    def read_config(self) -> ExperimentConfig:
+        configs = os.path.join(self.folder, "configs")
+        if self.resume_training:
+            return ExperimentConfig.load_saved(configs)
+        if os.path.isdir(configs):
+            raise ValueError(f"experiment_name: {self.folder} already exists; pass --resume_training latest to "
+                             f"continue the search, or choose another name")
+        return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
+
+    @staticmethod
+    def check_selects_on_validation(config: ExperimentConfig) -> None:
+        """The trials are compared on a validation split, never on test."""
+        spec = config.get("hook_container") or {}
+        kwargs = next(iter(spec.values()), None) if isinstance(spec, dict) and len(spec) == 1 else None
+        splits = config.get("splits_to_eval", ["val"])
+        name = (kwargs or {}).get("validation_split_name") or (splits[0] if splits else None)
+        manager = config.get("split_manager") or {}
+        manager_kwargs = next(iter(manager.values()), None) or {} if isinstance(manager, dict) else {}
+        if name != "val" or manager_kwargs.get("num_training_partitions", 4) == 1:
+            raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
+                              f"a Bayesian search chooses trials on the validation split: the split manager must "
+                              f"make a 'val' split (num_training_partitions > 1) and validation_split_name must "
+                              f"be 'val', got {name!r}")
+
+    # ---- the search ---------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Run (or continue) the trials and reproductions; returns a summary.
+
+        Returns:
+            ``{"trials": [{"number", "folder", "params", "value"}], "best": trial,
+            "reproductions": [{"folder", "value"}], "table": str, "plot": path}``.
+        """
+        import optuna
+
+        base = self.read_config()
+        space = search_space(base)
+        if not space:
+            raise ConfigError(self.folder, "", "--bayes_opt_iters needs at least one ~BAYESIAN~ / ~LOG_BAYESIAN~ / "
+                                               "~INT_BAYESIAN~ range in the config")
+        self.check_selects_on_validation(base)
+        if not self.resume_training:
+            base.save(os.path.join(self.folder, "configs"))  # only a valid search leaves a folder
+        seed = int(base.get("seed", 0))
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(study_name=self.experiment_name, direction="maximize", load_if_exists=True,
+                                    storage=f"sqlite:///{os.path.join(self.folder, 'optuna.db')}")
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            LOGGER.info("Bayesian search: resuming interrupted trial %d", trial.number)
+            self._finish(study, trial.number, trial.user_attrs["folder"], trial.params, base, space, resume=True)
+        while len(self._complete(study)) < self.bayes_opt_iters:
+            study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+            trial = study.ask({p.name: p.distribution() for p in space})
+            folder = f"{self.experiment_name}{trial.number}"
+            trial.set_user_attr("folder", folder)
+            self._finish(study, trial.number, folder, trial.params, base, space, resume=False)
+        trials = [{"number": t.number, "folder": t.user_attrs["folder"], "params": dict(t.params),
+                   "value": float(t.value)} for t in self._complete(study)]
+        best = max(trials, key=lambda t: t["value"])
+        self._write_best(best)
+        reproduced = [self._reproduce(best, base, space, j, seed + 1 + j) for j in range(self.reproductions)]
+        from .bayesian_report import write_report
+
+        table, plot = write_report(self.folder, trials, best, reproduced, space)
+        LOGGER.info("Bayesian search (%d trials, validation accuracy):\n%s", len(trials), table)
+        return {"trials": trials, "best": best, "reproductions": reproduced, "table": table, "plot": plot}
+
+    @staticmethod
+    def _complete(study) -> list:
+        import optuna
+
+        return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+    def _finish(self, study, number: int, folder: str, params: dict, base, space, resume: bool) -> None:
+        import optuna
+
+        try:
+            value = self._run_one(folder, substitute(base, space, params), resume)
+        except Exception:
+            # A bad trial (e.g. a diverging learning rate) is marked failed; a kill
+            # (KeyboardInterrupt, SIGKILL) leaves it running, to be resumed in its folder.
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+            raise
+        study.tell(number, value)
+
+    def _run_one(self, folder: str, config: ExperimentConfig, resume: bool, seed: int | None = None) -> float:
+        """One sub-experiment's validation accuracy (continuing it when its folder exists)."""
+        started = os.path.isdir(os.path.join(self.folder, folder, "configs"))
+        overrides = [("seed", seed)] if seed is not None and not started else []
+        summary = ExperimentRunner(folder, config=config, overrides=overrides,
+                                   resume_training="latest" if (resume and started) else None,
+                                   **self.runner_kwargs).run()
+        values = [s.get("best_accuracy") for s in summary["schemes"].values()]
+        if not values or any(v is None for v in values):
+            raise RuntimeError(f"{folder}: no validation accuracy was recorded (is 'val' in splits_to_eval?)")
+        return float(sum(values) / len(values))
+
+    def _write_best(self, best: dict) -> None:
+        path = os.path.join(self.folder, "best_parameters.yaml")
+        with open(path + ".tmp", "w") as f:
+            yaml.safe_dump({"best_sub_experiment_name": best["folder"], "best_parameters": best["params"],
+                            "validation_accuracy": best["value"]}, f, sort_keys=False)
+        os.replace(path + ".tmp", path)
+
+    def _reproduce(self, best: dict, base, space, j: int, seed: int) -> dict[str, Any]:
+        """Reproduction ``j`` of the best trial's parameters with ``seed`` (kept once finished)."""
+        folder = f"{self.experiment_name}_reproduction{j}"
+        done = os.path.join(self.folder, folder, "reproduction.yaml")
+        if os.path.isfile(done):
+            with open(done) as f:
+                return yaml.safe_load(f)
+        value = self._run_one(folder, substitute(base, space, best["params"]), resume=True, seed=seed)
+        result = {"folder": folder, "seed": seed, "value": value}
+        with open(done + ".tmp", "w") as f:
+            yaml.safe_dump(result, f)
+        os.replace(done + ".tmp", done)
+        return result

@@ -1,0 +1,125 @@
+"""Bayesian search (``--bayes_opt_iters``) on digits with Optuna's seeded TPE sampler.
+
+Oracles: each trial's own SQLite records (the best validation accuracy it recorded), the
+study's stored parameters, and an uninterrupted search that a killed-and-resumed one must
+equal trial by trial.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import yaml
+
+from pml_ext.__main__ import main
+from pml_ext.runner import ConfigError, ExperimentRunner
+from pml_ext.runner.bayesian_search import BayesianSearch
+
+optuna = pytest.importorskip("optuna")
+
+SCHEME = "Test50_50_Partitions2_0"  # digits: test 5-9, val 0-2, train 3-4
+LR = "optimizers.embedder_optimizer.Adam.lr"
+OVERRIDES = [
+    ("split_manager~APPLY~2", {"num_training_partitions": 2, "num_training_sets": 1}),
+    ("splits_to_eval", ["val"]), ("hook_container~APPLY~2", {"validation_split_name": "val"}),
+    ("num_epochs_train", 1), ("check_untrained_accuracy", False),
+    ("trainer~APPLY~2", {"iterations_per_epoch": 2}),
+    ("optimizers", {"embedder_optimizer": {"Adam": {"lr~LOG_BAYESIAN~": [0.0001, 0.1]}}}),
+]
+
+
+def search(tmp_path, name, iters, **kwargs):
+    return BayesianSearch(name, iters, root_experiment_folder=str(tmp_path), overrides=OVERRIDES, **kwargs)
+
+
+def recorded_best(folder) -> float:
+    """The best validation MAP@R (the bundled primary metric) a trial recorded."""
+    with sqlite3.connect(folder / SCHEME / "saved_csvs" / "logs.db") as conn:
+        rows = conn.execute("SELECT mean_average_precision_at_r_level0 FROM accuracies_normalized_"
+                            "GlobalEmbeddingSpaceTester_level_0_VAL_vs_self").fetchall()
+    return max(v for (v,) in rows)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An uninterrupted search of 3 trials and 1 reproduction: ``(folder, result)``."""
+    tmp_path = tmp_path_factory.mktemp("search")
+    return tmp_path / "bo", search(tmp_path, "bo", 3, reproductions=1).run()
+
+
+def test_three_trials_choose_the_best_on_validation_and_write_a_summary(finished):
+    root, result = finished
+    trials = result["trials"]
+    assert [t["folder"] for t in trials] == ["bo0", "bo1", "bo2"]
+    for t in trials:  # each trial's value is what its own records say
+        assert t["value"] == pytest.approx(recorded_best(root / t["folder"]), abs=1e-9)
+        assert 1e-4 <= t["params"][LR] <= 0.1
+        config = yaml.safe_load((root / t["folder"] / "configs" / "config_optimizers.yaml").read_text())
+        assert config["optimizers"]["embedder_optimizer"]["Adam"]["lr"] == pytest.approx(t["params"][LR])
+    assert len({t["params"][LR] for t in trials}) == 3
+    assert result["best"]["value"] == max(t["value"] for t in trials)
+    best = yaml.safe_load((root / "best_parameters.yaml").read_text())
+    assert best["best_sub_experiment_name"] == result["best"]["folder"]
+    # the reproduction reruns the best parameters with another seed, in its own folder
+    (repro,) = result["reproductions"]
+    assert repro["folder"] == "bo_reproduction0" and repro["seed"] == 1
+    repro_config = yaml.safe_load((root / "bo_reproduction0" / "configs" / "config_optimizers.yaml").read_text())
+    assert repro_config["optimizers"]["embedder_optimizer"]["Adam"]["lr"] == pytest.approx(best["best_parameters"][LR])
+    table = (root / "bayes_opt_summary.md").read_text()
+    assert table.count("\n| ") == 3 and "Reproductions of" in table
+    assert (root / "bayes_opt_summary.csv").is_file() and (root / "bayes_opt_plot.png").stat().st_size > 0
+
+
+def test_a_search_killed_between_trials_resumes_without_repeating_a_finished_trial(finished, tmp_path, monkeypatch):
+    uninterrupted = finished[1]["trials"]
+
+    calls = []
+    original = BayesianSearch._run_one
+
+    def killed_before_the_second_trial(self, folder, *args, **kwargs):
+        calls.append(folder)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill: the study keeps trial 1 as running
+        return original(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(BayesianSearch, "_run_one", killed_before_the_second_trial)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path / "b", "bo", 3).run()
+    assert calls == ["bo0", "bo1"]
+    calls.clear()
+    monkeypatch.setattr(BayesianSearch, "_run_one", lambda self, folder, *a, **k: calls.append(folder) or
+                        original(self, folder, *a, **k))
+    with pytest.raises(ValueError, match="--resume_training latest"):
+        search(tmp_path / "b", "bo", 3).run()
+    resumed = search(tmp_path / "b", "bo", 3, resume_training="latest").run()["trials"]
+    assert calls == ["bo1", "bo2"]  # trial 0 is not run again
+    assert [(t["folder"], t["params"]) for t in resumed] == [(t["folder"], t["params"]) for t in uninterrupted]
+    assert [t["value"] for t in resumed] == pytest.approx([t["value"] for t in uninterrupted], abs=1e-9)
+
+
+def test_search_start_up_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"a search range needs a Bayesian search: add --bayes_opt_iters"):
+        ExperimentRunner("x", root_experiment_folder=str(tmp_path), overrides=OVERRIDES).run()
+    no_val = [o for o in OVERRIDES if o[0] not in ("splits_to_eval", "hook_container~APPLY~2", "split_manager~APPLY~2")]
+    with pytest.raises(ConfigError, match=r"a Bayesian search chooses trials on the validation split"):
+        BayesianSearch("y", 2, root_experiment_folder=str(tmp_path), overrides=no_val).run()
+    assert not (tmp_path / "y").exists()  # a refused search leaves no folder to resume
+    with pytest.raises(ConfigError, match=r"needs at least one ~BAYESIAN~"):
+        BayesianSearch("z", 2, root_experiment_folder=str(tmp_path), overrides=OVERRIDES[:-1]).run()
+    bad = OVERRIDES[:-1] + [("optimizers", {"embedder_optimizer": {"Adam": {"lr~LOG_BAYESIAN~": [0, 1]}}})]
+    with pytest.raises(ConfigError, match=r"lr~LOG_BAYESIAN~: a log range needs low > 0"):
+        BayesianSearch("w", 2, root_experiment_folder=str(tmp_path), overrides=bad).run()
+    assert main(["run", "--experiment_name", "v", "--bayes_opt_iters", "two"]) == 2
+    assert "--bayes_opt_iters: takes one integer" in capsys.readouterr().err
+
+
+def test_the_command_line_runs_a_search(tmp_path, capsys):
+    argv = ["run", "--experiment_name", "cli", "--root_experiment_folder", str(tmp_path), "--bayes_opt_iters", "1",
+            "--split_manager~APPLY~2", "{num_training_partitions: 2, num_training_sets: 1}",
+            "--splits_to_eval", "val", "--hook_container~APPLY~2", "{validation_split_name: val}",
+            "--num_epochs_train", "1", "--check_untrained_accuracy", "false",
+            "--trainer~APPLY~2", "{iterations_per_epoch: 1}",
+            "--optimizers", "{embedder_optimizer: {Adam: {lr~LOG_BAYESIAN~: [0.0001, 0.1]}}}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Best trial: cli0 (validation accuracy" in out and "| 0 | cli0 |" in out
