@@ -23,6 +23,9 @@ import torch
 
 from ..utils.dotted_path import resolve
 from ..utils.protocols import EpochUpdatable
+from .run_state import ControllerState
+
+_ControllerState = ControllerState  # its old name
 
 __all__ = ["EpochUpdater", "resolve_attribute", "unwrap"]
 
@@ -47,25 +50,6 @@ def unwrap(obj: Any) -> Any:
 def resolve_attribute(module: Any, attribute: str) -> tuple[Any, str]:
     """``(owner, name)`` of a possibly dotted ``attribute`` of ``module`` (``"miner.margin"``)."""
     return resolve(module, attribute, "attribute")
-
-
-class _ControllerState:
-    """Saved with the models by PML's HookContainer: the controller's state and its setting."""
-
-    def __init__(self, controller: Any, module: Any, attribute: str):
-        self.controller = controller
-        self.module, self.attribute = resolve_attribute(module, attribute)
-
-    def state_dict(self) -> dict:
-        state = {"setting": getattr(self.module, self.attribute)}
-        if callable(getattr(self.controller, "state_dict", None)):
-            state["controller"] = self.controller.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if "controller" in state and callable(getattr(self.controller, "load_state_dict", None)):
-            self.controller.load_state_dict(state["controller"])
-        setattr(self.module, self.attribute, state["setting"])
 
 
 class EpochUpdater:
@@ -96,10 +80,10 @@ class EpochUpdater:
         self.history: list[dict] = []
 
     @property
-    def saveable_controllers(self) -> dict[str, _ControllerState]:
+    def saveable_controllers(self) -> dict[str, ControllerState]:
         """``{"controller_<name>": object with state_dict/load_state_dict}`` for PML's model
         saving (files ``controller_<name>_<epoch>.pth`` next to the models)."""
-        return {f"controller_{name}": _ControllerState(c, m, a) for name, (c, m, a) in self.controllers.items()}
+        return {f"controller_{name}": ControllerState(c, m, a) for name, (c, m, a) in self.controllers.items()}
 
     def settings(self) -> dict[str, float]:
         """``{"<name>_<attribute>": value}`` of every controller, as plain floats."""

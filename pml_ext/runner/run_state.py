@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["RngStates", "SamplerState", "stateful_objects"]
+__all__ = ["ControllerState", "RngStates", "SamplerState", "stateful_objects"]
 
 
 class RngStates:
@@ -107,6 +107,28 @@ class SamplerState:
             _load_layer_state(layer, layer_state)
 
 
+class ControllerState:
+    """A controller's ``state_dict`` (when it has one) and the setting it steers, saved together
+    (``controller_<name>_<epoch>.pth``): the runner's one save path for controllers."""
+
+    def __init__(self, controller: Any, module: Any, attribute: str):
+        from ..utils.dotted_path import resolve
+
+        self.controller = controller
+        self.module, self.attribute = resolve(module, attribute, "attribute")
+
+    def state_dict(self) -> dict:
+        state = {"setting": getattr(self.module, self.attribute)}
+        if callable(getattr(self.controller, "state_dict", None)):
+            state["controller"] = self.controller.state_dict()
+        return state
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if "controller" in state and callable(getattr(self.controller, "load_state_dict", None)):
+            self.controller.load_state_dict(state["controller"])
+        setattr(self.module, self.attribute, state["setting"])
+
+
 def stateful_objects(sampler: Any = None, mining_funcs: Mapping[str, Any] | None = None,
                      controllers: Mapping[str, Any] | None = None, rng: RngStates | None = None) -> dict[str, Any]:
     """``{name: object with state_dict()/load_state_dict()}`` for a checkpoint.
@@ -114,7 +136,7 @@ def stateful_objects(sampler: Any = None, mining_funcs: Mapping[str, Any] | None
     Args:
         sampler: the trainer's sampler (possibly wrapped), or ``None``.
         mining_funcs: ``{name: miner}``; saved as ``miner_<name>``.
-        controllers: ``{"controller_<name>": state holder}`` (``EpochUpdater.saveable_controllers``).
+        controllers: ``{"controller_<name>": ControllerState}`` (``EpochUpdater.saveable_controllers``).
         rng: the run's ``RngStates``; saved as ``rng_states``.
     """
     out: dict[str, Any] = {}
