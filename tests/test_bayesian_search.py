@@ -20,7 +20,7 @@ optuna = pytest.importorskip("optuna")
 SCHEME = "Test50_50_Partitions2_0"  # digits: test 5-9, val 0-2, train 3-4
 LR = "optimizers.embedder_optimizer.Adam.lr"
 OVERRIDES = [
-    ("split_manager~APPLY~2", {"num_training_partitions": 2, "num_training_sets": 1}),
+    ("split_manager~APPLY~2", {"num_training_partitions": 2, "num_training_sets": 1, "val_fraction": 0}),
     ("splits_to_eval", ["val"]), ("hook_container~APPLY~2", {"validation_split_name": "val"}),
     ("num_epochs_train", 1), ("check_untrained_accuracy", False),
     ("trainer~APPLY~2", {"iterations_per_epoch": 2}),
@@ -115,7 +115,7 @@ def test_search_start_up_errors(tmp_path, capsys):
 
 def test_the_command_line_runs_a_search(tmp_path, capsys):
     argv = ["run", "--experiment_name", "cli", "--root_experiment_folder", str(tmp_path), "--bayes_opt_iters", "1",
-            "--split_manager~APPLY~2", "{num_training_partitions: 2, num_training_sets: 1}",
+            "--split_manager~APPLY~2", "{num_training_partitions: 2, num_training_sets: 1, val_fraction: 0}",
             "--splits_to_eval", "val", "--hook_container~APPLY~2", "{validation_split_name: val}",
             "--num_epochs_train", "1", "--check_untrained_accuracy", "false",
             "--trainer~APPLY~2", "{iterations_per_epoch: 1}",

@@ -110,7 +110,7 @@ def test_bninception_needs_pretrainedmodels_and_says_how_to_get_it():
 
 # ---- split checks -----------------------------------------------------------------------------
 
-DIGITS_PB_SPLITS = [("split_manager~APPLY~2", {"num_training_partitions": 4, "num_training_sets": 4}),
+DIGITS_PB_SPLITS = [("split_manager~APPLY~2", {"num_training_partitions": 4, "num_training_sets": 4, "val_fraction": 0}),
                     ("splits_to_eval", ["val"]), ("hook_container~APPLY~2", {"validation_split_name": "val"})]
 
 

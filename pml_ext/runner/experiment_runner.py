@@ -18,32 +18,26 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Mapping
 
 import torch
 
-from .checkpoint_store import CheckpointStore, trainer_objects
 from .config_error import ConfigError
 from .config_reader import ConfigReader
-from .epoch_updater import EpochUpdater, unwrap
+from .evaluate_only import EVALUATE_CHOICES
 from .experiment_config import ExperimentConfig
 from .experiment_lock import ExperimentLock
-from .evaluate_only import EVALUATE_CHOICES, evaluate_saved_models
 from .experiment_report import ExperimentReport
 from .object_factory import ObjectFactory
 from .pb_trainers import PBTrainerRules
-from .registry import Registry, default_registry
-from .rank_wait import RankZeroWait, describe_collective_failure
-from .run_output import EpochProgress
+from .rank_wait import describe_collective_failure
+from .registry import default_registry, Registry
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
-                        log_fatal_error, remove_failed_start, validation_split)
+                        log_fatal_error, remove_failed_start)
+from .run_records import seed_all
+from .scheme_run import SchemeRun
 from .search_space import reject_search_keys
-from .split_checks import check_batches, check_split_classes
-from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
-from .run_records import (batch_getter, recordable_statistics, seed_all, settings_history, splits_not_yet_evaluated,
-                          sql_safe_record_keeper)
-from .run_state import RngStates, stateful_objects
+from .split_checks import check_split_classes
 
 __all__ = ["ExperimentRunner"]
 
@@ -337,8 +331,8 @@ class ExperimentRunner:
         for scheme_name, indices in schemes.items():
             LOGGER.info("Split scheme %s: %s", scheme_name,
                         ", ".join(f"{k}={len(v)} samples" for k, v in indices.items()))
-            info, scheme_report = self._run_scheme(config, general, factory, manager, scheme_name, indices,
-                                                   train_data, eval_data, distributed)
+            info, scheme_report = SchemeRun(self, config, general, factory, manager, scheme_name, indices,
+                                            train_data, eval_data, distributed).run()
             summary["schemes"][scheme_name] = info
             if scheme_report is not None:
                 report = report or ExperimentReport(scheme_report["primary_metric"])
@@ -352,246 +346,4 @@ class ExperimentRunner:
             LOGGER.info("Metrics per epoch:\n%s", summary["table"])
         return summary
 
-    def _run_scheme(self, config, general, factory: ObjectFactory, manager, scheme_name: str,
-                    indices: dict, train_data, eval_data, distributed: bool):
-        from pytorch_metric_learning.utils import common_functions as pml_cf
-
-        from ..utils.distributed import broadcast_object
-
-        start_time = time.time()
-        folder = os.path.join(self.experiment_folder, scheme_name)
-        model_folder = os.path.join(folder, "saved_models")
-        seed = general["seed"]
-        seed_all(seed)
-        device = general["device"] or pml_cf.use_cuda_if_available()
-        getter = batch_getter(manager.data_and_label_getter_keys)
-        all_labels = torch.as_tensor(manager.labels_of(train_data))
-        train_idx = torch.as_tensor(indices["train"], dtype=torch.long)
-        train_labels = all_labels[train_idx]
-        train_set = torch.utils.data.Subset(train_data, train_idx.tolist())
-        eval_sets = {split: torch.utils.data.Subset(eval_data, list(map(int, idx))) for split, idx in indices.items()}
-
-        sample = getter(torch.utils.data.default_collate([eval_sets["train"][i]
-                                                          for i in range(min(2, len(train_set)))]))[0]
-        num_classes = len(torch.unique(train_labels))
-        models = {k: v.to(device) for k, v in factory.models(
-            sample, num_classes, self.trainer_rules.layers_to_extract()).items()}
-        loss_funcs = factory.named_objects("loss_funcs", "loss", required=True, offered={
-            "num_classes": num_classes, "embedding_size": factory.embedding_sizes[0]})
-        mining_funcs = factory.named_objects("mining_funcs", "miner", required=False)
-        for name, obj in list(loss_funcs.items()) + list(mining_funcs.items()):
-            if isinstance(obj, torch.nn.Module):
-                obj.to(device)
-        trainer_name, trainer_kwargs = self.registry.parse_spec(config.require("trainer", "config_general"),
-                                                                 config.source_of("trainer"), "trainer")
-        batch_size = int(trainer_kwargs.get("batch_size", 32))
-        # PB's parsers set these over the config's values (e.g. no sampler for unsupervised training)
-        trainer_kwargs.update(self.trainer_rules.trainer_kwargs(factory, factory.embedding_sizes,
-                                                                manager.data_and_label_getter_keys))
-        sampler = factory.sampler(train_labels, train_set, batch_size, mining_funcs, seed)
-        check_batches(None if "sampler" in trainer_kwargs and trainer_kwargs["sampler"] is None else sampler,
-                      len(train_set), batch_size, config.source_of("trainer"))
-        controllers = factory.controllers({"mining_funcs": mining_funcs, "loss_funcs": loss_funcs,
-                                           "models": models, "sampler": sampler})
-        optimizers, lr_schedulers, clippers = factory.optimizers({**models, **loss_funcs})
-
-        if distributed:
-            loss_funcs, mining_funcs, sampler = distribute(loss_funcs, mining_funcs, sampler, len(train_set),
-                                                           batch_size, seed, self.rank, self.world_size)
-        updater = EpochUpdater(mining_funcs, sampler, controllers,
-                               lambda: embed_training_set(models, eval_sets["train"], train_labels, device,
-                                                          getter, self.rank, self.world_size, distributed))
-
-        tester_name, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"),
-                                                               config.source_of("tester"), "tester")
-        reference_set = tester_kwargs.pop("reference_set", "compared_to_self")
-        if not tester_kwargs.get("visualizer"):
-            tester_kwargs.pop("visualizer", None)
-        splits_to_eval = self.map_splits_to_eval(general["splits_to_eval"], reference_set, list(indices),
-                                                 config.source_of("splits_to_eval"))
-        hooks, record_keeper = self._hooks(config, general, folder, splits_to_eval)
-        tester = None
-        if self.rank == 0:
-            tester = self.registry.build("tester", {tester_name: tester_kwargs}, config.source_of("tester"),
-                                         "tester", data_device=device, data_and_label_getter=getter,
-                                         end_of_testing_hook=hooks.end_of_testing_hook)
-            for query, refs in splits_to_eval:
-                # PML's HookContainer names record tables from this; test() sets it too, but a
-                # resumed run may query the records before testing anything.
-                tester.reference_split_names[query] = list(refs)
-            primary = hooks.primary_metric
-            if primary not in tester.accuracy_calculator.get_curr_metrics():
-                raise ConfigError(config.source_of("hook_container"), "hook_container.primary_metric",
-                                  f"'{primary}' is not computed by the accuracy calculator; it computes "
-                                  f"{', '.join(tester.accuracy_calculator.get_curr_metrics())}")
-        eval_hook = hooks.end_of_epoch_hook(tester, eval_sets, model_folder, test_interval=general["save_interval"],
-                                            patience=general["patience"], splits_to_eval=splits_to_eval) \
-            if self.rank == 0 else None
-
-        def end_of_iteration(trainer):
-            updater.end_of_iteration(trainer)
-            if self.rank == 0:
-                hooks.end_of_iteration_hook(trainer)
-
-        sampler_history: list[dict] = []
-        rng = RngStates()
-        plain = models  # the unwrapped models (trainer.models go under DDP when distributed)
-
-        def end_of_epoch(trainer):
-            sampler_stats = recordable_statistics(unwrap(sampler))  # the epoch just trained, before refresh
-            settings = updater.end_of_epoch(trainer)
-            # The next epoch's stream, the same on every rank; kept (and saved) through rank 0's evaluation.
-            seed_all(seed + 1000 * int(trainer.epoch))
-            rng.snapshot()
-            keep_training = True
-            if self.rank == 0:
-                if sampler_stats:
-                    record_keeper.update_records(sampler_stats, trainer.epoch, parent_name="sampler_statistics")
-                    sampler_history.append({"epoch": int(trainer.epoch), **sampler_stats})
-                if controllers:
-                    record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
-                    record_keeper.update_records({n: c for n, (c, _, _) in controllers.items()}, trainer.epoch)
-                with plain_models(trainer, plain):
-                    keep_training = eval_hook(trainer) is not False
-                    score = ""
-                    if trainer.epoch % general["save_interval"] == 0:
-                        validation = hooks.validation_split_name
-                        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))
-                        store.save(int(trainer.epoch), checkpoint_objects(), best_epoch)
-                        score = f"best {validation} {hooks.primary_metric} {best:.4f} at epoch {best_epoch}"
-                        LOGGER.info("%s: epoch %d saved; %s", scheme_name, trainer.epoch, score)
-                progress.update(int(trainer.epoch), score)
-            rng.restore()
-            # Every rank must stop at the same epoch, or the others would wait forever in a collective;
-            # they wait for rank 0's evaluation and checkpoint first, on the long deadline.
-            rank_zero_wait.wait()
-            keep_training = broadcast_object(keep_training)
-            # Every epoch is a fresh pass over the sampler, as after a resume (PML's trainer would
-            # carry a partly used pass over into the next epoch when iterations_per_epoch is set).
-            trainer.dataloader_iter = iter(trainer.dataloader)
-            return keep_training
-
-        trainer = self.registry.build(
-            "trainer", {trainer_name: trainer_kwargs}, config.source_of("trainer"), "trainer",
-            models=models, optimizers=optimizers, loss_funcs=loss_funcs, mining_funcs=mining_funcs,
-            dataset=train_set, sampler=sampler, data_device=device, lr_schedulers=lr_schedulers,
-            gradient_clippers=clippers or None, dataset_labels=train_labels.numpy(),
-            data_and_label_getter=getter, end_of_iteration_hook=end_of_iteration,
-            end_of_epoch_hook=end_of_epoch)
-        self.objects[scheme_name] = {"models": models, "loss_funcs": loss_funcs, "mining_funcs": mining_funcs,
-                                     "sampler": sampler, "controllers": controllers, "trainer": trainer,
-                                     "tester": tester, "hooks": hooks, "eval_sets": eval_sets}
-        # Saved with the models: a resumed run continues exactly (mining_funcs are saved as such).
-        run_state = stateful_objects(sampler, mining_funcs, updater.saveable_controllers, rng)
-        trainer.run_state = {k: v for k, v in run_state.items() if not k.startswith("miner_")}
-        hooks.saveable_trainer_objects.append("run_state")
-        rank_zero_wait = RankZeroWait(general["distributed_timeout_seconds"],
-                                      general["distributed_eval_timeout_seconds"])
-        # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
-        hooks.do_save_models = False
-        store = CheckpointStore(model_folder, os.path.join(folder, "saved_csvs") if self.rank == 0 else None,
-                                record_keeper.save_records if self.rank == 0 else None)
-
-        def checkpoint_objects() -> dict:
-            """Everything a checkpoint saves and a resume restores: ``{file name stem: object with
-            state_dict/load_state_dict}`` (a new stateful object is one more entry)."""
-            return trainer_objects(trainer, hooks.saveable_trainer_objects)
-
-        if self.evaluate:
-            info = {"evaluation": evaluate_saved_models(self.evaluate, tester, models, eval_sets, folder,
-                                                        splits_to_eval, device)}
-            return info, None
-        start_epoch = 1
-        if self.resume_training:
-            start_epoch = store.resume(checkpoint_objects(), device, clean_up=self.rank == 0) + 1
-            LOGGER.info("%s: resuming at epoch %d", scheme_name, start_epoch)
-            if start_epoch > 1 and not rng.loaded:  # a checkpoint saved without the run's states
-                seed_all(seed + 1000 * (start_epoch - 1))
-                if callable(getattr(unwrap(sampler), "set_epoch", None)):
-                    unwrap(sampler).set_epoch(start_epoch)
-                updater.refresh()
-        if start_epoch == 1 and self.rank == 0 and general["check_untrained_accuracy"]:
-            self._check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general)
-            record_keeper.save_records()  # PML's "new best" compares with the saved records: epoch 0 is one
-
-        rank_zero_wait.wait()  # for rank 0's untrained-accuracy check
-        if distributed:
-            wrap_models_for_ddp(trainer, device)  # after loading: DDP broadcasts rank 0's weights
-        num_epochs = general["num_epochs_train"]
-        if start_epoch <= num_epochs:
-            progress = EpochProgress(f"{self.experiment_name}/{scheme_name}", start_epoch, num_epochs)
-            try:
-                trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
-            finally:
-                progress.close()
-            last_epoch = int(trainer.epoch)
-        else:
-            LOGGER.info("%s: already trained for %d epochs (num_epochs_train=%d)", scheme_name,
-                        start_epoch - 1, num_epochs)
-            last_epoch = start_epoch - 1
-        info = {"start_epoch": start_epoch, "last_epoch": last_epoch, "wall_time": time.time() - start_time,
-                "sampler_history": sampler_history}
-        if self.rank != 0:
-            return info, None
-        record_keeper.save_records()
-        validation = hooks.validation_split_name
-        best_epoch, best = hooks.get_best_epoch_and_accuracy(tester, validation, (-1, 0))  # a trained epoch
-        info.update(best_epoch=best_epoch, best_accuracy=best)
-        accuracies = hooks.get_accuracy_history(tester, validation, return_all_metrics=True)
-        info["split_histories"] = {q: hooks.get_accuracy_history(tester, q, return_all_metrics=True)
-                                   for q, _ in splits_to_eval}
-        settings = settings_history(record_keeper)
-        info["settings_history"] = settings
-        return info, {"primary_metric": hooks.primary_metric, "accuracies": accuracies,
-                      "losses": hooks.get_loss_history(), "settings": settings}
-
     # ---- pieces ---------------------------------------------------------------------------
-
-    def _hooks(self, config, general, folder: str, splits_to_eval: list):
-        """PML's HookContainer with a record-keeper writing CSV + SQLite (+ tensorboard)."""
-        from pytorch_metric_learning.utils import common_functions as pml_cf
-
-        record_keeper = None
-        if self.rank == 0:
-            import record_keeper as rk
-
-            writer = rk.RecordWriter(folder=os.path.join(folder, "saved_csvs"),
-                                     save_lists=bool(general["save_lists_in_db"]))
-            tensorboard = None
-            if general["log_data_to_tensorboard"]:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    tensorboard = SummaryWriter(log_dir=os.path.join(folder, "tensorboard_logs"))
-                except ImportError:
-                    LOGGER.info("tensorboard is not installed: records go to CSV and SQLite only")
-            record_keeper = sql_safe_record_keeper()(
-                tensorboard_writer=tensorboard, record_writer=writer,
-                attributes_to_search_for=pml_cf.list_of_recordable_attributes_list_names())
-        spec = config.get("hook_container") or {"HookContainer": {}}
-        name, kwargs = self.registry.parse_spec(spec, config.source_of("hook_container"), "hook_container")
-        kwargs.setdefault("validation_split_name",
-                          validation_split(splits_to_eval, config.source_of("splits_to_eval")))
-        if kwargs["validation_split_name"].lower() == "test":
-            raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
-                              "'test' would choose models (best epoch, early stopping) on the test split; "
-                              "choose on a validation split of the training classes (e.g. val)")
-        if kwargs["validation_split_name"] not in [q for q, _ in splits_to_eval]:
-            raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
-                              f"'{kwargs['validation_split_name']}' is not evaluated; splits_to_eval has "
-                              f"{', '.join(q for q, _ in splits_to_eval)}")
-        hooks = self.registry.build("hook_container", {name: kwargs}, config.source_of("hook_container"),
-                                    "hook_container", record_keeper=record_keeper)
-        return hooks, record_keeper
-
-    def _check_untrained_accuracy(self, hooks, tester, eval_sets, models, splits_to_eval, general) -> None:
-        """PB's epochs -1 (trunk output only) and 0 (trunk + embedder), before any training."""
-        for epoch, trunk_only in ((-1, True), (0, False)):
-            tester.use_trunk_output = trunk_only
-            try:
-                todo = splits_not_yet_evaluated(hooks, tester, epoch, splits_to_eval) \
-                    if general["skip_eval_if_already_done"] else [(q, list(r)) for q, r in splits_to_eval]
-                if todo:
-                    tester.test(eval_sets, epoch, models["trunk"], models["embedder"], todo)
-            finally:
-                tester.use_trunk_output = False
