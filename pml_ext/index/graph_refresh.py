@@ -54,7 +54,7 @@ def candidate_scores(x: torch.Tensor, sq: torch.Tensor | None, rows: torch.Tenso
 
 def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, inner_product: bool,
                  fan: int = 8, num_random: int = 4, rounds: int = 3, seed: int = 0,
-                 my_chunks: Callable[[int], range] | None = None,
+                 chunk_rows: int | None = None, my_chunks: Callable[[int], range] | None = None,
                  gather_rows: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """The ``width`` nearest neighbours of every row of ``x``, by descent from ``graph``.
@@ -73,6 +73,8 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             candidates); later ones only the lists whose top ``k`` changed.
         seed: seeds the random candidates (drawn for all N rows each round, so the draws
             do not depend on how rows are split between ranks).
+        chunk_rows: rows per chunk (default: the gathered ``[rows, candidates, d]`` block
+            near 64 MB); peak memory beyond the data and graphs is a few such blocks.
         my_chunks: ``num_chunks -> range`` of the row chunks this process computes
             (default all); with ``gather_rows`` this splits the work between ranks.
         gather_rows: concatenates every rank's ``Tensor[n_r, width]`` rows in chunk order
@@ -98,10 +100,10 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
         if active.numel() == 0:
             break
         ring = fan if round_ > 0 else 0
-        chunk_rows = max(1, _GATHER_ELEMENTS // ((indices.shape[1] + ring * ring + num_draws) * dim))
+        rows_per_chunk = chunk_rows or max(1, _GATHER_ELEMENTS // ((indices.shape[1] + ring * ring + num_draws) * dim))
         parts_raw, parts_idx = [], []
-        for c in my_chunks(-(-active.numel() // chunk_rows)):
-            rows = active[c * chunk_rows:(c + 1) * chunk_rows]
+        for c in my_chunks(-(-active.numel() // rows_per_chunk)):
+            rows = active[c * rows_per_chunk:(c + 1) * rows_per_chunk]
             near = indices[rows]
             cand = [near, randoms[rows]]
             if ring:

@@ -47,6 +47,7 @@ class RefreshParams:
         check_queries: rows searched exactly to measure drift and quality.
         min_start_recall: below this sampled recall of last epoch's lists: full build.
         min_recall: below this sampled recall of the refreshed lists: full build.
+        chunk_rows: rows per chunk of the descent (default ~64 MB gathered blocks).
         cold: the full build: ``"index"`` (``build`` + ``knn_all`` with the index's
             method) or ``"pynndescent"`` (PyNNDescent's graph, re-scored exactly; needs
             ``pip install pynndescent``).
@@ -59,6 +60,7 @@ class RefreshParams:
     check_queries: int = 1000
     min_start_recall: float = 0.5
     min_recall: float = 0.9
+    chunk_rows: int | None = None
     cold: str = "index"
 
     def __post_init__(self):
@@ -68,6 +70,8 @@ class RefreshParams:
         check_int(self.rounds, "rounds", 1)
         check_int(self.num_random, "num_random", 0)
         check_int(self.check_queries, "check_queries", 1)
+        if self.chunk_rows is not None:
+            check_int(self.chunk_rows, "chunk_rows", 1)
         for name in ("min_start_recall", "min_recall"):
             value = getattr(self, name)
             check_positive(value, name, allow_zero=True)
@@ -135,6 +139,7 @@ def _refine(index, data, kept, width, k, settings, count):
     return refine_graph(
         data, kept, width, k, inner_product=index.distance.is_inverted, fan=settings.fan,
         num_random=settings.num_random, rounds=settings.rounds, seed=index.seed + count,
+        chunk_rows=settings.chunk_rows,
         # Each rank refreshes a contiguous share of the row chunks; the chunk grid does not
         # depend on the world size, so the gathered lists equal the single-process ones.
         my_chunks=lambda n: range(rank * n // world, (rank + 1) * n // world),
