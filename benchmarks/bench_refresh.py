@@ -9,8 +9,8 @@ subprocess (so peak RSS is its own), on the same drifted embeddings:
   paths in the same process, timed separately: the "JIT s" column);
 * ``pynndescent init_graph``: ``NNDescent(init_graph=last epoch's graph)``, in the same
   process after the cold run (so its peak RSS column is the process's peak so far);
-* ``refresh``: ``EmbeddingIndex.refresh`` from last epoch's (k + k/2)-wide lists, its
-  sampled exact check and fallback rule included.
+* ``refresh``: ``EmbeddingIndex.refresh`` from last epoch's 2k-wide lists (the width it
+  keeps by default), its sampled exact check and fallback rule included.
 
 Drift: synthetic (``bench_index.clustered_embeddings`` rotated by ``expm(eps * S)``, S a
 random skew matrix scaled to unit-order entries, plus Gaussian noise ``eps / 5`` per
@@ -118,7 +118,7 @@ def pynndescent_child(args) -> list[dict]:
 
     numba.set_num_threads(args.threads)
     x, y = case_embeddings(args)
-    k, width = args.k, args.k + args.k // 2
+    k, width = args.k, 2 * args.k
     # JIT warm-up: both code paths (cold and init_graph) on small random data.
     start = time.perf_counter()
     small = np.random.default_rng(0).random((3000, y.shape[1]), dtype=np.float32)
@@ -162,7 +162,7 @@ def child(args) -> None:
     else:
         index = EmbeddingIndex("hnsw", num_threads=args.threads, seed=0)
         _, indices = index.refresh(y, k, previous=_drop_own(previous, previous.shape[1] - 1))
-        report = index.last_refresh
+        report = {**index.last_refresh, "previous_width": previous.shape[1] - 1}
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(json.dumps(_row(args, args.method, wall, cpu, None, y, indices, base, report)), flush=True)
 
@@ -173,7 +173,7 @@ def _row(args, method, wall, cpu, jit, y, indices, base, report=None) -> dict:
     return {"case": _case_name(args), "method": method, "wall": wall, "cpu": cpu, "jit": jit,
             "recall": _sampled_recall(y, indices, args.k, args.queries), "peak_rss_mb": peak,
             "extra_rss_mb": peak - base, "mode": report.get("mode"), "own_recall": report.get("recall"),
-            "previous_recall": report.get("previous_recall"), "seconds_check": report.get("seconds")}
+            "previous_recall": report.get("previous_recall"), "previous_width": report.get("previous_width")}
 
 
 def _drop_own(graph, k: int):
@@ -221,7 +221,8 @@ HEADER = ("| case | method | wall s | CPU s | JIT warm-up s | recall@k | refresh
 
 
 def _fmt_row(r) -> str:
-    path = "-" if r["mode"] is None else f"{r['mode']} ({r['own_recall']:.3f}; {r['previous_recall'] or 0:.3f})"
+    path = "-" if r["mode"] is None else (f"{r['mode']} ({r['own_recall']:.3f}; {r['previous_recall'] or 0:.3f}, "
+                                          f"{r.get('previous_width')} wide)")
     jit = "-" if r["jit"] is None else f"{r['jit']:.1f}"
     return (f"| {r['case']} | {r['method']} | {r['wall']:.2f} | {r['cpu']:.2f} | {jit} | {r['recall']:.4f} | "
             f"{path} | {r['peak_rss_mb']:.0f} ({r['extra_rss_mb']:+.0f}) |")

@@ -3,12 +3,15 @@
 Between two epochs an embedding moves a little, so last epoch's neighbour lists are an
 excellent candidate set for this epoch's. ``refine_graph`` re-scores, for every point,
 
-* its previous neighbours,
+* its previous (extended, ``width`` > k) list,
 * the first ``fan`` neighbours of its first ``fan`` neighbours (the "second ring"),
 * ``num_random`` random points,
 
-keeps the ``k`` nearest, and repeats the descent only for the lists that changed (a point
-whose list did not change has nothing new to offer its neighbours). Everything is done
+keeps the ``width`` nearest, and repeats the descent only for the lists whose top ``k``
+gained a point from outside their previous list (a list that only re-ordered has nothing
+new to explore). Measured (benchmarks/results/index_refresh.md): most of this epoch's new
+top-k neighbours are in last epoch's positions k+1..2k, which is why the kept list is
+wider than k; the second ring adds little on clustered data and is kept small. Everything is done
 in chunks of rows with gathers and batched dot products; chunk shapes depend only on the
 row grid, so any set of ranks that splits the chunks between them computes bit-identical
 lists (``EmbeddingIndex.refresh`` under torch.distributed).
@@ -66,11 +69,11 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
         k: the returned top ``k``; a row whose top-``k`` set did not change in a round is
             not re-scored in the next.
         inner_product: rank by largest inner product instead of smallest L2.
-        fan: rounds after the first add the second ring ``graph[graph[i, :fan], :fan]``.
+        fan: the second ring is ``graph[graph[i, :fan], :fan]`` (0: none).
         num_random: random candidates per row and round (they let a list escape a
             wrong neighbourhood).
-        rounds: descent rounds. The first re-scores every previous list (plus random
-            candidates); later ones only the lists whose top ``k`` changed.
+        rounds: descent rounds. The first re-scores every row; later ones only the rows
+            whose top ``k`` gained a point from outside their previous list.
         seed: seeds the random candidates (drawn for all N rows each round, so the draws
             do not depend on how rows are split between ranks).
         chunk_rows: rows per chunk (default: the gathered ``[rows, candidates, d]`` block
@@ -81,8 +84,9 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             (default identity).
 
     Returns:
-        ``(raw: Tensor[N, width], indices: LongTensor[N, width], changed: list[float])``: raw
-        scores sorted nearest first, and per round the share of top-``k`` sets that changed.
+        ``(raw: Tensor[N, width], indices: LongTensor[N, width], gained: list[float])``: raw
+        scores sorted nearest first, and per round the share of rows whose top ``k``
+        gained a point from outside their previous list.
     """
     num_points, dim = x.shape
     sq = None if inner_product else (x ** 2).sum(1)
@@ -99,7 +103,7 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
         randoms = torch.randint(0, num_points, (num_points, num_draws), generator=gen)
         if active.numel() == 0:
             break
-        ring = fan if round_ > 0 else 0
+        ring = fan
         rows_per_chunk = chunk_rows or max(1, _GATHER_ELEMENTS // ((indices.shape[1] + ring * ring + num_draws) * dim))
         parts_raw, parts_idx = [], []
         for c in my_chunks(-(-active.numel() // rows_per_chunk)):
@@ -115,8 +119,7 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             parts_idx.append(cand.gather(1, arg))
         new_raw = gather_rows(_cat(parts_raw, (0, width), x.dtype))
         new_idx = gather_rows(_cat(parts_idx, (0, width), torch.long))
-        top = min(k, indices.shape[1])
-        moved = _changed(indices[active, :top], new_idx[:, :top])
+        moved = _gained(indices[active], new_idx[:, :k])
         if raw is None:
             raw, indices = new_raw, new_idx
         else:
@@ -126,9 +129,13 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
     return raw, indices, changed_shares
 
 
-def _changed(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """``BoolTensor[R]``: row's set of neighbours differs (both ``LongTensor[R, k]``)."""
-    return (torch.sort(old, dim=1).values != torch.sort(new, dim=1).values).any(dim=1)
+def _gained(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``BoolTensor[R]``: the row's top ``new: LongTensor[R, k]`` holds a point its previous
+    list ``old: LongTensor[R, w]`` did not (NN-descent's "new" flag: only such rows have
+    unexplored neighbourhoods for the next round)."""
+    ordered = torch.sort(old, dim=1).values
+    slot = torch.searchsorted(ordered, new.contiguous()).clamp(max=ordered.shape[1] - 1)
+    return (ordered.gather(1, slot) != new).any(dim=1)
 
 
 def _cat(parts: list[torch.Tensor], empty_shape: tuple[int, int], dtype) -> torch.Tensor:

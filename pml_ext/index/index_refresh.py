@@ -39,8 +39,8 @@ class RefreshParams:
     """Settings of ``EmbeddingIndex.refresh`` (defaults measured in benchmarks/results/index_refresh.md).
 
     Attributes:
-        extra: the kept graph has ``k + extra`` neighbours per point (default ``k // 2``):
-            last epoch's 33rd-48th neighbours are where most of this epoch's new top-k
+        extra: the kept graph has ``k + extra`` neighbours per point (default ``k``):
+            last epoch's neighbours k+1..2k are where most of this epoch's new top-k
             come from.
         fan, rounds, num_random: ``refine_graph``'s second ring, descent rounds and random
             candidates per row.
@@ -54,8 +54,8 @@ class RefreshParams:
     """
 
     extra: int | None = None
-    fan: int = 8
-    rounds: int = 3
+    fan: int = 4
+    rounds: int = 2
     num_random: int = 4
     check_queries: int = 1000
     min_start_recall: float = 0.5
@@ -101,12 +101,12 @@ def refresh_index(index: "EmbeddingIndex", embeddings: torch.Tensor, k: int, pre
     data = index._set_data(embeddings, labels)
     num_points = data.shape[0]
     k = _check_k(k, num_points - 1, "refresh", num_points)
-    width = min(num_points - 1, k + (k // 2 if settings.extra is None else settings.extra))
+    width = min(num_points - 1, k + (k if settings.extra is None else settings.extra))
     kept = _check_previous(kept, num_points, "previous")
     count = int(index.last_refresh.get("count", 0))
     rows = sample_rows(num_points, min(settings.check_queries, num_points), index.seed + count)
     (exact_raw, exact_idx), _ = exact_rows(index, rows, k)
-    report: dict[str, Any] = {"count": count + 1, "previous_recall": None, "changed": []}
+    report: dict[str, Any] = {"count": count + 1, "previous_recall": None, "gained": []}
 
     graph = reason = None
     finished = False
@@ -117,7 +117,7 @@ def refresh_index(index: "EmbeddingIndex", embeddings: torch.Tensor, k: int, pre
         if report["previous_recall"] < settings.min_start_recall:
             reason = "previous lists too far from the new exact ones"
         else:
-            raw, graph, report["changed"] = _refine(index, data, kept, width, k, settings, count)
+            raw, graph, report["gained"] = _refine(index, data, kept, width, k, settings, count)
             if _recall(graph[rows, :k], exact_idx) < settings.min_recall:
                 reason, graph = "refreshed lists below min_recall", None
     if graph is None:
