@@ -153,7 +153,10 @@ def child(args) -> None:
             print(json.dumps(row), flush=True)
         return
     _, y = case_embeddings(args)
-    previous = torch.load(CACHE / f"{_case_key(args)}_graph.pt")
+    graph_path = CACHE / f"{_case_key(args)}_graph.pt"
+    if args.method == "refresh" and args.own_previous and not graph_path.exists():
+        _save(own_previous_graph(args), graph_path)
+    previous = torch.load(graph_path)
     base, k = _rss_mb(), args.k
     start, cpu = time.perf_counter(), time.process_time()
     report = {}
@@ -165,6 +168,30 @@ def child(args) -> None:
         report = {**index.last_refresh, "previous_width": previous.shape[1] - 1}
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(json.dumps(_row(args, args.method, wall, cpu, None, y, indices, base, report)), flush=True)
+
+
+def own_previous_graph(args):
+    """Last epoch's graph without PyNNDescent (``--own-previous``, for N=1M on a loaded
+    machine): ``refine_graph`` on the previous embeddings, started from 2k random members
+    of each point's class (the generator's labels), 3 rounds with an 8x8 ring. Its quality
+    shows in the "previous lists' recall" column. Returns ``LongTensor[N, 2k + 1]``."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_index import clustered_embeddings
+    from pml_ext.index.graph_refresh import refine_graph
+
+    x, _ = case_embeddings(args)
+    _, labels = clustered_embeddings(args.n, args.dim, seed=0, isotropic=args.isotropic)
+    gen = torch.Generator().manual_seed(5)
+    order = torch.argsort(labels, stable=True)
+    counts = torch.bincount(labels)
+    start = torch.cumsum(counts, 0) - counts
+    width = 2 * args.k
+    pick = (torch.rand(args.n, width, generator=gen) * counts[labels].unsqueeze(1)).long()
+    init = order[start[labels].unsqueeze(1) + pick]
+    _, graph, _ = refine_graph(x, init, width, args.k, inner_product=False, fan=8, rounds=3)
+    return torch.cat([torch.arange(args.n).unsqueeze(1), graph], dim=1)
 
 
 def _row(args, method, wall, cpu, jit, y, indices, base, report=None) -> dict:
@@ -235,8 +262,10 @@ def run_cases(args, cases) -> list[dict]:
         base = [sys.executable, __file__, "--k", str(args.k), "--dim", str(args.dim), "--threads",
                 str(args.threads), "--queries", str(args.queries)] + case
         base += ["--skip-init-graph"] if args.skip_init_graph else []
+        base += ["--own-previous"] if args.own_previous else []
         # PyNNDescent first: it also builds (and caches) last epoch's graph for the others.
-        for method in ["pynndescent"] + [m for m in args.methods if not m.startswith("pynndescent")]:
+        first = [] if args.own_previous else ["pynndescent"]
+        for method in first + [m for m in args.methods if not m.startswith("pynndescent")]:
             out = subprocess.run(base + ["--method", method], capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(out.stderr[-3000:], file=sys.stderr)
@@ -262,6 +291,8 @@ def incremental(argv) -> None:
     parser.add_argument("--glyphs", action="store_true")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="besides PyNNDescent")
     parser.add_argument("--skip-init-graph", action="store_true", help="PyNNDescent cold only (saves time at 1M)")
+    parser.add_argument("--own-previous", action="store_true",
+                        help="no PyNNDescent: last epoch's graph by own_previous_graph (N=1M on a loaded machine)")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -296,6 +327,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eps", type=float, default=0.05)
     parser.add_argument("--glyphs", action="store_true")
     parser.add_argument("--skip-init-graph", action="store_true")
+    parser.add_argument("--own-previous", action="store_true")
     parser.add_argument("--method", default=None)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--dim", type=int, default=64)
