@@ -152,10 +152,12 @@ def child(args) -> None:
         for row in pynndescent_child(args):
             print(json.dumps(row), flush=True)
         return
-    _, y = case_embeddings(args)
     graph_path = CACHE / f"{_case_key(args)}_graph.pt"
-    if args.method == "refresh" and args.own_previous and not graph_path.exists():
-        _save(own_previous_graph(args), graph_path)
+    if args.method == "prepare":  # its own process, so that its memory is not in the others' peaks
+        if not graph_path.exists():
+            _save(own_previous_graph(args), graph_path)
+        return
+    _, y = case_embeddings(args)
     previous = torch.load(graph_path)
     base, k = _rss_mb(), args.k
     start, cpu = time.perf_counter(), time.process_time()
@@ -264,7 +266,7 @@ def run_cases(args, cases) -> list[dict]:
         base += ["--skip-init-graph"] if args.skip_init_graph else []
         base += ["--own-previous"] if args.own_previous else []
         # PyNNDescent first: it also builds (and caches) last epoch's graph for the others.
-        first = [] if args.own_previous else ["pynndescent"]
+        first = ["prepare"] if args.own_previous else ["pynndescent"]
         for method in first + [m for m in args.methods if not m.startswith("pynndescent")]:
             out = subprocess.run(base + ["--method", method], capture_output=True, text=True, check=False)
             if out.returncode != 0:

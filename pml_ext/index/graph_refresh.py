@@ -78,9 +78,9 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             do not depend on how rows are split between ranks).
         chunk_rows: rows per chunk (default: the gathered ``[rows, candidates, d]`` block
             near 64 MB); peak memory beyond the data and graphs is a few such blocks.
-        my_chunks: ``num_chunks -> range`` of the row chunks this process computes
-            (default all); with ``gather_rows`` this splits the work between ranks.
-        gather_rows: concatenates every rank's ``Tensor[n_r, width]`` rows in chunk order
+        my_chunks: ``num_chunks -> range`` (step 1) of the row chunks this process
+            computes (default all); with ``gather_rows`` this splits the work between ranks.
+        gather_rows: concatenates every rank's ``Tensor[n_r, ...]`` rows in chunk order
             (default identity).
 
     Returns:
@@ -105,8 +105,13 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             break
         ring = fan
         rows_per_chunk = chunk_rows or max(1, _GATHER_ELEMENTS // ((indices.shape[1] + ring * ring + num_draws) * dim))
-        parts_raw, parts_idx = [], []
-        for c in my_chunks(-(-active.numel() // rows_per_chunk)):
+        mine = my_chunks(-(-active.numel() // rows_per_chunk))
+        lo, hi = mine.start * rows_per_chunk, min(mine.stop * rows_per_chunk, active.numel())
+        # This process's rows, written in place chunk by chunk (no concatenated copies).
+        out_raw = x.new_empty(max(0, hi - lo), width)
+        out_idx = torch.empty(max(0, hi - lo), width, dtype=torch.long)
+        out_gained = torch.empty(max(0, hi - lo), dtype=torch.uint8)
+        for c in mine:
             rows = active[c * rows_per_chunk:(c + 1) * rows_per_chunk]
             near = indices[rows]
             cand = [near, randoms[rows]]
@@ -115,11 +120,12 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             cand = torch.cat(cand, dim=1)
             scores = candidate_scores(x, sq, rows, cand)
             values, arg = torch.topk(scores, width, dim=1, largest=inner_product, sorted=True)
-            parts_raw.append(values)
-            parts_idx.append(cand.gather(1, arg))
-        new_raw = gather_rows(_cat(parts_raw, (0, width), x.dtype))
-        new_idx = gather_rows(_cat(parts_idx, (0, width), torch.long))
-        moved = _gained(indices[active], new_idx[:, :k])
+            part = slice(c * rows_per_chunk - lo, c * rows_per_chunk - lo + rows.numel())
+            out_raw[part] = values
+            out_idx[part] = cand.gather(1, arg)
+            out_gained[part] = _gained(near, out_idx[part, :k])
+        new_raw, new_idx = gather_rows(out_raw), gather_rows(out_idx)
+        moved = gather_rows(out_gained).bool()
         if raw is None:
             raw, indices = new_raw, new_idx
         else:
@@ -138,5 +144,3 @@ def _gained(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return (ordered.gather(1, slot) != new).any(dim=1)
 
 
-def _cat(parts: list[torch.Tensor], empty_shape: tuple[int, int], dtype) -> torch.Tensor:
-    return torch.cat(parts) if parts else torch.empty(empty_shape, dtype=dtype)
