@@ -62,7 +62,7 @@ def test_hard_neighbor_sampler_refresh_gives_the_cold_build_negatives():
         cold.update(embeddings)
     assert warm.ann_incremental == 1.0 and cold.ann_incremental == 0.0
     assert "ann_recall" in warm._record_these
-    # The check samples min(1000, N) = all N points: recall 1 means every refreshed list
+    # The check samples min(500, N) = all N points: recall 1 means every refreshed list
     # holds the exact neighbours, so the negatives drawn from them are the cold build's.
     assert warm.ann_recall == 1.0
     assert torch.equal(warm.hard_negatives, cold.hard_negatives)

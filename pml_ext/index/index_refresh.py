@@ -57,7 +57,7 @@ class RefreshParams:
     fan: int = 4
     rounds: int = 2
     num_random: int = 4
-    check_queries: int = 1000
+    check_queries: int = 500
     min_start_recall: float = 0.5
     min_recall: float = 0.9
     chunk_rows: int | None = None
