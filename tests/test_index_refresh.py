@@ -203,3 +203,36 @@ def test_world_of_two_equals_one_process(tmp_path):
         assert torch.equal(got["result"][0], single[0]) and torch.equal(got["result"][1], single[1])
         assert torch.equal(got["graph"], index.graph)
         assert got["report"]["gained"] == index.last_refresh["gained"]
+
+
+class _FakeNNDescent:
+    """Stands in for pynndescent.NNDescent (whose numba JIT takes minutes): the exact graph,
+    self first, as PyNNDescent's neighbor_graph gives it."""
+
+    def __init__(self, data, n_neighbors, metric, random_state, n_jobs, compressed, verbose):
+        x = torch.as_tensor(data)
+        mat = -(x @ x.T) if metric == "dot" else torch.cdist(x, x)
+        order = torch.argsort(mat, dim=1, stable=True)[:, :n_neighbors]
+        self.neighbor_graph = (order.numpy(), mat.gather(1, order).numpy())
+
+
+def test_cold_pynndescent_rescores_its_graph_into_knn_all_format(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "pynndescent", types.SimpleNamespace(NNDescent=_FakeNNDescent))
+    x = clustered()
+    index = EmbeddingIndex("exact")
+    distances, indices = index.refresh(x, K, cold="pynndescent")
+    assert index.last_refresh["mode"] == "full" and index._knn is None  # no FAISS index was built
+    exact_d, exact_i = exact_knn(x, K)
+    assert recall(indices, exact_i) == 1.0
+    assert torch.allclose(distances, exact_d, atol=1e-5)
+
+
+def test_cold_pynndescent_without_the_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynndescent", None)
+    with pytest.raises(ImportError, match="pip install pynndescent"):
+        EmbeddingIndex("exact").refresh(clustered(n=200), 4, cold="pynndescent")
