@@ -21,6 +21,7 @@ time by the method's, measured in the same run. Times are single-thread by defau
     python benchmarks/bench_index.py --threshold          # exact vs HNSW, 10k-80k ("auto")
     python benchmarks/bench_index.py --sweep              # HNSW/IVF parameters at N = 100k
     python benchmarks/bench_index.py --isotropic --sizes 100000
+    python benchmarks/bench_index.py --incremental [--million] [--glyphs]   # see bench_refresh.py
 """
 from __future__ import annotations
 
@@ -135,6 +136,12 @@ def _fmt_row(r, exact_cpu=None):
 
 
 def main() -> None:
+    if "--incremental" in sys.argv:  # the per-epoch refresh benchmark lives in its own script
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_refresh import incremental
+
+        incremental(sys.argv[1:])
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--n", type=int, default=0)

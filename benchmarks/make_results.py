@@ -8,8 +8,9 @@ produced it and the date; this keeps them in one file, in a fixed order.
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
-ORDER = ["glyphs", "glyph_cnn", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index", "smart",
-         "controller", "isometric", "runner", "runner_import", "runner_ddp", "checkpoint", "accuracy"]
+ORDER = ["glyphs", "glyph_cnn", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index",
+         "index_refresh", "smart", "controller", "isometric", "runner", "runner_import", "runner_ddp", "checkpoint",
+         "accuracy"]
 HEADER = """# Benchmark results
 
 Every figure below names the command that produced it and its date. The machine: 2 cores,

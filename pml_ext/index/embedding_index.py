@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import faiss
-import numpy as np
 import torch
 from pytorch_metric_learning.distances import (
     BaseDistance,
@@ -23,11 +22,11 @@ from pytorch_metric_learning.distances import (
     DotProductSimilarity,
     LpDistance,
 )
-from pytorch_metric_learning.utils.inference import FaissKNN, mask_reshape_knn_idx
+from pytorch_metric_learning.utils.inference import FaissKNN
 
-from ..utils.ann_quality import ann_quality
 from ..utils.checks import check_embeddings, check_int, check_labels
 from .faiss_params import METHODS, check_faiss_params, check_for_data, check_num_threads, check_seed
+from .index_quality import _as_faiss_input, drop_self, index_quality, true_ranks
 
 __all__ = ["EmbeddingIndex"]
 
@@ -95,18 +94,15 @@ class EmbeddingIndex:
         self._data: torch.Tensor | None = None
         self._knn: FaissKNN | None = None
         self.build_time = 0.0
+        # Last refresh's extended neighbour lists (LongTensor[N, width]) and its report.
+        self.graph: torch.Tensor | None = None
+        self.last_refresh: dict = {}
 
     # ------------------------------------------------------------------ building
     def build(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> "EmbeddingIndex":
         """Index ``embeddings: Tensor[N, d]`` (and keep ``labels: LongTensor[N]``). Returns self."""
-        check_embeddings(embeddings, "embeddings")
-        num_points, dim = embeddings.shape
-        if labels is not None:
-            check_labels(labels, num_points)
-        data = embeddings.detach().cpu()
-        if data.dtype not in (torch.float32, torch.float64):
-            data = data.float()  # half precision: FAISS and the distance checks need float32
-        data = self.distance.maybe_normalize(data)
+        data = self._set_data(embeddings, labels)
+        num_points, dim = data.shape
         method = self.method
         if method == "auto":
             method = "exact" if num_points < AUTO_EXACT_MAX_POINTS else "hnsw"
@@ -120,13 +116,25 @@ class EmbeddingIndex:
             knn.train(_as_faiss_input(data))
         self.build_time = time.perf_counter() - start
         self._knn = knn
+        self.resolved_method = method
+        return self
+
+    def _set_data(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Check and keep the (normalised, CPU) data and labels; drops any FAISS index."""
+        check_embeddings(embeddings, "embeddings")
+        num_points, dim = embeddings.shape
+        if labels is not None:
+            check_labels(labels, num_points)
+        data = embeddings.detach().cpu()
+        if data.dtype not in (torch.float32, torch.float64):
+            data = data.float()  # half precision: FAISS and the distance checks need float32
+        data = self.distance.maybe_normalize(data)
+        self._knn = None
         self._data = data
         self._data_sq = (data ** 2).sum(1)
-        self.resolved_method = method
-        self.num_points = num_points
-        self.dim = dim
+        self.num_points, self.dim = num_points, dim
         self.labels = None if labels is None else labels.detach().cpu().long()
-        return self
+        return data
 
     def _new_faiss_index(self, method: str, dim: int, data: torch.Tensor):
         if method == "exact":
@@ -186,7 +194,7 @@ class EmbeddingIndex:
         self._require_built()
         k = _check_k(k, self.num_points - 1, "knn_all", self.num_points)
         own = torch.arange(self.num_points)
-        raw, indices = _drop_self(*self._faiss_search(self._data, k + 1), own)
+        raw, indices = drop_self(*self._faiss_search(self._data, k + 1), own)
         return self._finish(self._data, raw, indices, exclude=own)
 
     def _faiss_search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,73 +274,43 @@ class EmbeddingIndex:
         self._require_built()
         k = _check_k(k, self.num_points - 1, "quality", self.num_points)
         num_queries = min(check_int(num_queries, "num_queries", 1), self.num_points)
-        gen = torch.Generator().manual_seed(self.seed)
-        rows = torch.randperm(self.num_points, generator=gen)[:num_queries]
-        q = self._data[rows]
-
-        start = time.perf_counter()
-        approx = self._faiss_search(q, k + 1)
-        approx_time = time.perf_counter() - start
-
-        exact = EmbeddingIndex("exact", self.distance, self.num_threads, self.seed)
-        exact._knn = FaissKNN(reset_before=False, reset_after=False,
-                              index_init_fn=lambda d: faiss.IndexFlat(d, self._metric))
-        with exact._threads():
-            exact._knn.train(_as_faiss_input(self._data))
-        exact._data, exact._data_sq = self._data, self._data_sq
-        exact.dim, exact.num_points = self.dim, self.num_points
-        exact.resolved_method = "exact"
-        start = time.perf_counter()
-        exact_raw = exact._faiss_search(q, k + 1)
-        exact_time = time.perf_counter() - start
-
-        exact_d, exact_idx = self._finish(q, *_drop_self(*exact_raw, rows), rows)
-        approx_d, approx_idx = self._finish(q, *_drop_self(*approx, rows), rows)
-        ranks = self._true_ranks(q, rows, approx_d)
-        result = ann_quality(exact_d, exact_idx, approx_d, approx_idx,
-                             exact_time=exact_time, approx_time=approx_time,
-                             approx_ranks=ranks, num_points=self.num_points - 1,
-                             is_similarity=self.distance.is_inverted)
-        result.update(num_queries=num_queries, method=self.resolved_method)
-        return result
+        return index_quality(self, k, num_queries)
 
     def _true_ranks(self, q: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """1-based rank ``LongTensor[Q, k]`` of each returned value among all other points.
+        return true_ranks(self, q, rows, values)
 
-        rank = 1 + #{o != query : o nearer than the returned object by more than a float
-        tolerance}; the tolerance keeps an object from out-ranking itself when its value
-        is re-computed by the matrix (``|q|^2 + |x|^2 - 2<q, x>``) form used here.
+    # ------------------------------------------------------------------ refreshing
+    def refresh(self, embeddings: torch.Tensor, k: int, previous: torch.Tensor | tuple | None = None,
+                labels: torch.Tensor | None = None, **params: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``knn_all(k)`` of new embeddings, from last epoch's graph when it is still close.
+
+        Args:
+            embeddings: ``Tensor[N, d]``, this epoch's embeddings of the same N points.
+            k: neighbours per point, ``1 <= k < N``.
+            previous: last epoch's neighbours, ``LongTensor[N, k0]`` or a ``(distances,
+                indices)`` pair as ``knn_all`` returns; default the graph this index kept
+                from its last ``refresh`` (``self.graph``). ``None`` there too: full build.
+            labels: ``LongTensor[N]``, kept as in ``build``.
+            **params: ``RefreshParams`` fields (``extra``, ``fan``, ``rounds``,
+                ``num_random``, ``check_queries``, ``min_start_recall``, ``min_recall``,
+                ``cold``).
+
+        Returns ``(distances: Tensor[N, k], indices: LongTensor[N, k])`` in ``knn_all``'s
+        format (PML units, self excluded, nearest first, no repeats). The rule deciding
+        between the refresh and a full build, and what is recorded in
+        ``self.last_refresh``, are in ``pml_ext.index.index_refresh`` (docs/index.md).
+        After an incremental refresh the index holds no FAISS index: ``search``,
+        ``knn_all`` and ``quality`` need ``build`` first.
         """
-        sign = -1.0 if self.distance.is_inverted else 1.0  # rank by "smaller is nearer"
-        target = sign * values
-        tol = 1e-5 * target.abs().clamp(min=1.0)
-        data_sq = self._data_sq
-        rows_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // (4 * self.num_points))
-        top = min(self.num_points, max(128, 4 * values.shape[1]))
-        ranks = []
-        for start in range(0, q.shape[0], rows_per_chunk):
-            qc, rc = q[start:start + rows_per_chunk], rows[start:start + rows_per_chunk]
-            if self.distance.is_inverted:
-                full = -(qc @ self._data.T)
-            else:
-                sq = (qc ** 2).sum(1, keepdim=True) + data_sq - 2 * (qc @ self._data.T)
-                full = sq.clamp(min=0).sqrt() ** self.distance.power
-            full[torch.arange(qc.shape[0]), rc] = float("inf")
-            bound = (target[start:start + rows_per_chunk] - tol[start:start + rows_per_chunk]).contiguous()
-            # Returned objects are near the top of their row: the smallest `top` values
-            # settle nearly every rank; rows where one does not are sorted in full.
-            smallest = full.topk(top, dim=1, largest=False).values
-            count = torch.searchsorted(smallest, bound)
-            deep = (count >= top).any(dim=1)
-            if bool(deep.any()):
-                count[deep] = torch.searchsorted(full[deep].sort(dim=1).values, bound[deep])
-            ranks.append(count + 1)
-        return torch.cat(ranks)
+        from .index_refresh import refresh_index
+
+        return refresh_index(self, embeddings, k, previous, labels, params)
 
     # ------------------------------------------------------------------ helpers
     def _require_built(self) -> None:
         if self._knn is None:
-            raise RuntimeError("EmbeddingIndex: call build(embeddings) before search/knn_all/quality")
+            raise RuntimeError("EmbeddingIndex: call build(embeddings) before search/knn_all/quality "
+                               "(an incremental refresh keeps neighbour lists, not a FAISS index)")
 
     @contextlib.contextmanager
     def _threads(self):
@@ -375,20 +353,3 @@ def _check_k(k, upper: int, where: str, num_points: int) -> int:
         rule = "k < N (the point itself is excluded)" if where != "search" else "k <= N"
         raise ValueError(f"k={k} is too large for {where} over N={num_points} indexed points: need {rule}")
     return int(k)
-
-
-def _drop_self(raw: torch.Tensor, indices: torch.Tensor,
-               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FAISS's ``[Q, k+1]`` answer -> ``[Q, k]`` without each query's own index ``rows[i]``.
-
-    PML's ``return_results`` rule, for queries that are any indexed rows (not only
-    ``0..Q-1``): drop the own index where it was found; else the (k+1)-th hit, since
-    then all k+1 hits are other points at least as near as the query itself.
-    """
-    match = indices == rows.unsqueeze(1)
-    match[~match.any(dim=1), -1] = True
-    return mask_reshape_knn_idx(raw, match), mask_reshape_knn_idx(indices, match)
-
-
-def _as_faiss_input(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -42,6 +42,11 @@ class SmartMiner(BaseMiner):
         k: neighbours per sample in ``update`` (clipped to ``N - 1``).
         batch_layout: see above.
         index_method, index_params: ``EmbeddingIndex(method=..., **index_params)``.
+        incremental, refresh_params: from the second ``update`` on, the neighbour lists
+            are refreshed from the previous update's (``EmbeddingIndex.refresh``, with
+            ``refresh_params``; it falls back to a full build on large drift). The
+            previous graph is not saved with the miner: after a resume the first
+            ``update`` builds cold.
         seed: seeds the miner's two generators (one for ``update``, one for batches);
             the same seed and inputs give the same triplets, on every rank.
         **kwargs: PML ``BaseMiner`` arguments (``distance=``, ``collect_stats=``). The
@@ -55,6 +60,9 @@ class SmartMiner(BaseMiner):
         triplets whose **ratio triplet loss** ``max(0, 1 - d(a,n) / (d(a,p) + margin))``
         is non-zero, i.e. ``d(a,n) < d(a,p) + margin`` with Euclidean ``d`` (0.0 if
         there are none);
+        ``ann_recall``, ``ann_relative_distance_error``, ``ann_incremental``: the last
+        ``update``'s sampled quality of its neighbour lists and whether they were refreshed
+        (``pml_ext.index.epoch_knn.EpochKnn``);
         ``num_mined``, ``num_random``, ``num_outside_positive``, ``num_dropped``: counts
         from the most recent Algorithm 1 run (this batch in-batch; the epoch's
         ``update`` in batch-layout mode), registered as PML stats.
@@ -69,7 +77,8 @@ class SmartMiner(BaseMiner):
     effective_ranges: ClassVar[dict[str, tuple[float | None, float | None]]] = {"kappa": (1.0, None)}
 
     def __init__(self, kappa: float = 1.0, margin: float = 0.2, k: int = 32, batch_layout: bool = False,
-                 index_method: str = "auto", index_params: dict | None = None, seed: int = 0, **kwargs):
+                 index_method: str = "auto", index_params: dict | None = None, seed: int = 0,
+                 incremental: bool = True, refresh_params: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         check_rule_distance(self.distance)
         check_positive(margin, "margin", allow_zero=True)
@@ -80,6 +89,13 @@ class SmartMiner(BaseMiner):
         if index_params is not None and not isinstance(index_params, dict):
             raise TypeError(f"index_params must be a dict or None, got {type(index_params).__name__}")
         check_index_args(index_method, index_params or {}, seed)
+        from ..index.index_refresh import RefreshParams
+
+        RefreshParams.from_dict(refresh_params)
+        self.incremental, self.refresh_params = bool(incremental), dict(refresh_params or {})
+        self._epoch_knn = None  # an EpochKnn, made at the first update (its index needs FAISS)
+        self.ann_recall = self.ann_relative_distance_error = float("nan")
+        self.ann_incremental = 0.0
         self.kappa = kappa
         self.margin = float(margin)
         self.k = int(k)
@@ -99,7 +115,9 @@ class SmartMiner(BaseMiner):
         self._counts = dict.fromkeys(("num_mined", "num_random", "num_outside_positive", "num_dropped"), 0.0)
         self._epoch_counts = dict(self._counts)
         self._set_counts(self._counts)
-        self.add_to_recordable_attributes(list_of_names=["kappa", "margin", "k", "fraction_active"], is_stat=False)
+        self.add_to_recordable_attributes(list_of_names=["kappa", "margin", "k", "fraction_active", "ann_recall",
+                                                         "ann_relative_distance_error", "ann_incremental"],
+                                          is_stat=False)
         self.add_to_recordable_attributes(list_of_names=list(self._counts), is_stat=True)
 
     @property
@@ -189,16 +207,14 @@ class SmartMiner(BaseMiner):
         num_points = embeddings.shape[0]
         if num_points < 2:
             raise ValueError(f"embeddings must hold at least 2 samples to mine triplets, got {num_points}")
+        k = min(self.k, num_points - 1)
         if index is None:
-            # Imported here: the index pulls in FAISS, which in-batch mining never needs.
-            from ..index.embedding_index import EmbeddingIndex
-
-            index = EmbeddingIndex(method=self.index_method, distance=self.distance, seed=self.seed,
-                                   **self.index_params).build(embeddings)
+            values, nbr = self._knn_all(embeddings, k)
         elif getattr(index, "num_points", None) != num_points:
             raise ValueError(f"index must be built over the {num_points} embeddings given, "
                              f"it holds {getattr(index, 'num_points', None)}")
-        values, nbr = index.knn_all(min(self.k, num_points - 1))
+        else:
+            values, nbr = index.knn_all(k)
         sq, order = torch.sort(squared_euclidean(values, self.distance), dim=1, stable=True)
         nbr = nbr.gather(1, order)
         labels = labels.detach().to(nbr.device).long()
@@ -212,6 +228,18 @@ class SmartMiner(BaseMiner):
         self.epoch_fraction_active = self._fraction_active(sq_ap, sq_an)
         self.num_updates += 1
         return self.triplets
+
+    def _knn_all(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._epoch_knn is None:
+            # Imported here: the index pulls in FAISS, which in-batch mining never needs.
+            from ..index.epoch_knn import EpochKnn
+
+            self._epoch_knn = EpochKnn(self.index_method, self.distance, seed=self.seed, index_params=self.index_params,
+                                       incremental=self.incremental, refresh_params=self.refresh_params)
+        result = self._epoch_knn.knn_all(embeddings, k)
+        for name, value in self._epoch_knn.records().items():
+            setattr(self, name, value)
+        return result
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> dict:

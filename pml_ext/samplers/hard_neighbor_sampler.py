@@ -2,9 +2,9 @@
 their hard negative neighbours from a global index over the training set."""
 from __future__ import annotations
 
-from typing import Iterator
-
 import torch
+
+from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..utils.checks import check_embeddings, check_int, check_labels
 from ..utils.classes import group_by_class
@@ -53,13 +53,21 @@ class HardNeighborSampler(EpochSampler):
             batches ``rank, rank + W, ...`` of the single-process epoch, whole (see
             ``EpochSampler``). Every rank must use the same seed and updates.
         drop_uneven: drop the last batches so that every rank gets as many.
+        incremental, refresh_params: from the second ``update(embeddings)`` on, the
+            neighbour lists are refreshed from the previous update's
+            (``EmbeddingIndex.refresh``; see ``pml_ext.index.epoch_knn.EpochKnn``, which
+            also says what happens on resume).
+
+    Recordable (``_record_these``): ``ann_recall``, ``ann_relative_distance_error``,
+    ``ann_incremental`` of the last ``update(embeddings)`` (``EpochKnn``).
     """
 
     def __init__(self, labels, batch_size: int, pairs_per_batch: int = 2,
                  negatives_per_sample: int | None = None, num_neighbors: int | None = None,
                  length_before_new_iter: int | None = None, method: str = "auto", distance=None,
                  num_threads: int | None = None, seed: int = 0, return_batches: bool = False,
-                 rank: int | None = None, world_size: int | None = None, drop_uneven: bool = False):
+                 rank: int | None = None, world_size: int | None = None, drop_uneven: bool = False,
+                 incremental: bool = True, refresh_params: dict | None = None):
         super().__init__(batch_size, seed, rank, world_size, drop_uneven, return_batches)
         labels = torch.as_tensor(labels)
         check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1)
@@ -97,9 +105,12 @@ class HardNeighborSampler(EpochSampler):
                 f"found {self._pair_classes.numel()}")
 
         # The index's arguments are checked now (no FAISS call), not at the first update.
-        from ..index.embedding_index import EmbeddingIndex  # FAISS loads with a sampler, not with pml_ext
+        from ..index.epoch_knn import EpochKnn  # FAISS loads with a sampler, not with pml_ext
 
-        EmbeddingIndex(method, distance, num_threads, seed)
+        self._epoch_knn = EpochKnn(method, distance, num_threads, seed, incremental=incremental,
+                                   refresh_params=refresh_params)
+        c_f.add_to_recordable_attributes(self, list_of_names=list(EpochKnn.RECORDS))
+        self._copy_records()
         self.method, self.distance, self.num_threads = method, distance, num_threads
         self.num_updates = 0
         # [N, m] each sample's m nearest other-label neighbours, -1 padded; None before update.
@@ -127,12 +138,15 @@ class HardNeighborSampler(EpochSampler):
             if embeddings_or_index.shape[0] != num_points:
                 raise ValueError(f"embeddings_or_index has {embeddings_or_index.shape[0]} rows but labels "
                                  f"has {num_points}")
-            index = EmbeddingIndex(self.method, self.distance, self.num_threads, self.seed)
-            index.build(embeddings_or_index, self.labels)
+            index = None
         else:
             raise TypeError("embeddings_or_index must be a Tensor[N, d] or an EmbeddingIndex, got "
                             f"{type(embeddings_or_index).__name__}")
-        _, neighbours = index.knn_all(self.num_neighbors)
+        if index is None:
+            _, neighbours = self._epoch_knn.knn_all(embeddings_or_index, self.num_neighbors, self.labels)
+            self._copy_records()
+        else:
+            _, neighbours = index.knn_all(self.num_neighbors)
         neighbours = neighbours.cpu()
         is_negative = self.labels[neighbours] != self.labels.unsqueeze(1)
         # Stable sort on "is positive" moves negatives to the front, nearest first.
@@ -158,6 +172,10 @@ class HardNeighborSampler(EpochSampler):
         super().load_state_dict(state)
         self.num_updates = check_int(state.get("num_updates", 0), "state['num_updates']", 0)
         self.hard_negatives = None if negatives is None else negatives.long().cpu()
+
+    def _copy_records(self) -> None:
+        for name, value in self._epoch_knn.records().items():
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------ epoch
     def num_batches(self) -> int:

@@ -19,6 +19,8 @@ __all__ = ["SmartBatchSampler"]
 _MAX_REDRAWS = 64
 _RECORDS = ("mined_fraction", "epoch", "num_mined_in_epoch", "num_random_in_epoch", "num_shortfall_in_epoch",
             "mined_share_in_epoch", "random_share_in_epoch")
+# Copied from the miner after each update: its neighbour lists' sampled quality (EpochKnn).
+_ANN_RECORDS = ("ann_recall", "ann_relative_distance_error", "ann_incremental")
 
 
 class SmartBatchSampler(EpochSampler):
@@ -67,7 +69,9 @@ class SmartBatchSampler(EpochSampler):
     ``num_mined_in_epoch`` (really mined triplets), ``num_random_in_epoch`` (random ones,
     warm-up and shortfall included), ``num_shortfall_in_epoch`` (asked for mined but filled
     with random), ``mined_share_in_epoch`` and ``random_share_in_epoch`` (those two counts
-    over the epoch's triplets; they sum to 1). ``epoch_mined_mask``
+    over the epoch's triplets; they sum to 1); ``ann_recall``, ``ann_relative_distance_error``,
+    ``ann_incremental``: the miner's, from the last ``update`` (its neighbour lists are
+    refreshed from the previous update's, see ``SmartMiner``). ``epoch_mined_mask``
     (``BoolTensor[num_batches, batch_size // 3]``) marks the epoch's mined triplets.
     """
 
@@ -96,7 +100,8 @@ class SmartBatchSampler(EpochSampler):
         self.num_mined_in_epoch = self.num_random_in_epoch = self.num_shortfall_in_epoch = 0.0
         self.mined_share_in_epoch = self.random_share_in_epoch = 0.0
         self.epoch_mined_mask: torch.Tensor | None = None
-        c_f.add_to_recordable_attributes(self, list_of_names=list(_RECORDS))
+        c_f.add_to_recordable_attributes(self, list_of_names=list(_RECORDS + _ANN_RECORDS))
+        self._copy_ann_records()
 
     @property
     def mined_fraction(self) -> float:
@@ -122,7 +127,13 @@ class SmartBatchSampler(EpochSampler):
             check_labels(labels, embeddings.shape[0])
             self.labels = labels.detach().cpu().long()
             return None
-        return self.miner.update(embeddings, labels, dataset_indices=dataset_indices, index=index)
+        triplets = self.miner.update(embeddings, labels, dataset_indices=dataset_indices, index=index)
+        self._copy_ann_records()
+        return triplets
+
+    def _copy_ann_records(self) -> None:
+        for name in _ANN_RECORDS:
+            setattr(self, name, getattr(self.miner, name))
 
     def state_dict(self) -> dict:
         """The epoch counters, ``mined_fraction`` and the labels kept from the last ``update``."""

@@ -1,0 +1,117 @@
+"""Quality of an ``EmbeddingIndex``'s answers against exact search on a sample of its points.
+
+Used by ``EmbeddingIndex.quality`` (the FAISS index's own search) and by
+``EmbeddingIndex.refresh`` (the refreshed neighbour lists); both compare with the same
+exact answer (``exact_rows``).
+"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+import torch
+from pytorch_metric_learning.utils.inference import mask_reshape_knn_idx
+
+from ..utils.ann_quality import ann_quality
+
+if TYPE_CHECKING:
+    from .embedding_index import EmbeddingIndex
+
+__all__ = ["index_quality", "true_ranks", "exact_rows", "sample_rows", "drop_self"]
+
+# Rows of a full [rows, N] distance block per chunk in true_ranks (~64 MB in float32).
+_BLOCK_ELEMENTS = 16_000_000
+
+
+def sample_rows(num_points: int, num_queries: int, seed: int) -> torch.Tensor:
+    """``num_queries`` distinct rows of ``0..N-1`` drawn with ``seed``: ``LongTensor[Q]``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(num_points, generator=gen)[:num_queries]
+
+
+def exact_rows(index: "EmbeddingIndex", rows: torch.Tensor, k: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+    """Exact ``k`` nearest other points of the indexed rows ``rows: LongTensor[Q]``.
+
+    Returns ``((raw: Tensor[Q, k], indices: LongTensor[Q, k]), seconds)``: FAISS's raw
+    values (squared L2 or inner product) from a flat index over ``index``'s data, the row
+    itself dropped, and the search time.
+    """
+    flat = faiss.IndexFlat(index.dim, index._metric)
+    with index._threads():
+        flat.add(_as_faiss_input(index._data))
+        start = time.perf_counter()
+        raw, found = flat.search(_as_faiss_input(index._data[rows]), k + 1)
+    seconds = time.perf_counter() - start
+    return drop_self(torch.as_tensor(raw), torch.as_tensor(found).long(), rows), seconds
+
+
+def index_quality(index: "EmbeddingIndex", k: int, num_queries: int) -> dict:
+    """``EmbeddingIndex.quality``'s dict (arguments already checked)."""
+    rows = sample_rows(index.num_points, num_queries, index.seed)
+    q = index._data[rows]
+    start = time.perf_counter()
+    approx = index._faiss_search(q, k + 1)
+    approx_time = time.perf_counter() - start
+    (exact_raw, exact_idx), exact_time = exact_rows(index, rows, k)
+    exact_d, exact_idx = index._finish(q, exact_raw, exact_idx, rows)
+    approx_d, approx_idx = index._finish(q, *drop_self(*approx, rows), rows)
+    ranks = true_ranks(index, q, rows, approx_d)
+    result = ann_quality(exact_d, exact_idx, approx_d, approx_idx,
+                         exact_time=exact_time, approx_time=approx_time,
+                         approx_ranks=ranks, num_points=index.num_points - 1,
+                         is_similarity=index.distance.is_inverted)
+    result.update(num_queries=num_queries, method=index.resolved_method)
+    return result
+
+
+def true_ranks(index: "EmbeddingIndex", q: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """1-based rank ``LongTensor[Q, k]`` of each returned value among all other points.
+
+    rank = 1 + #{o != query : o nearer than the returned object by more than a float
+    tolerance}; the tolerance keeps an object from out-ranking itself when its value
+    is re-computed by the matrix (``|q|^2 + |x|^2 - 2<q, x>``) form used here.
+    """
+    inverted = index.distance.is_inverted
+    sign = -1.0 if inverted else 1.0  # rank by "smaller is nearer"
+    target = sign * values
+    tol = 1e-5 * target.abs().clamp(min=1.0)
+    data, data_sq, num_points = index._data, index._data_sq, index.num_points
+    rows_per_chunk = max(1, _BLOCK_ELEMENTS // (4 * num_points))
+    top = min(num_points, max(128, 4 * values.shape[1]))
+    ranks = []
+    for start in range(0, q.shape[0], rows_per_chunk):
+        qc, rc = q[start:start + rows_per_chunk], rows[start:start + rows_per_chunk]
+        if inverted:
+            full = -(qc @ data.T)
+        else:
+            sq = (qc ** 2).sum(1, keepdim=True) + data_sq - 2 * (qc @ data.T)
+            full = sq.clamp(min=0).sqrt() ** index.distance.power
+        full[torch.arange(qc.shape[0]), rc] = float("inf")
+        bound = (target[start:start + rows_per_chunk] - tol[start:start + rows_per_chunk]).contiguous()
+        # Returned objects are near the top of their row: the smallest `top` values
+        # settle nearly every rank; rows where one does not are sorted in full.
+        smallest = full.topk(top, dim=1, largest=False).values
+        count = torch.searchsorted(smallest, bound)
+        deep = (count >= top).any(dim=1)
+        if bool(deep.any()):
+            count[deep] = torch.searchsorted(full[deep].sort(dim=1).values, bound[deep])
+        ranks.append(count + 1)
+    return torch.cat(ranks)
+
+
+def drop_self(raw: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FAISS's ``[Q, k+1]`` answer -> ``[Q, k]`` without each query's own index ``rows[i]``.
+
+    PML's ``return_results`` rule, for queries that are any indexed rows (not only
+    ``0..Q-1``): drop the own index where it was found; else the (k+1)-th hit, since
+    then all k+1 hits are other points at least as near as the query itself.
+    """
+    match = indices == rows.unsqueeze(1)
+    match[~match.any(dim=1), -1] = True
+    return mask_reshape_knn_idx(raw, match), mask_reshape_knn_idx(indices, match)
+
+
+def _as_faiss_input(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -1,0 +1,200 @@
+"""``EmbeddingIndex.refresh``: this epoch's k-NN lists from last epoch's, or a full build.
+
+The rule (docs/index.md, "Incremental refresh"):
+
+1. No previous graph (first epoch, or a different number of points): full build.
+2. ``check_queries`` rows are drawn (seed ``index.seed`` + refresh count) and searched
+   exactly. If last epoch's extended lists hold less than ``min_start_recall`` of their
+   new exact top-``k``, the embedding drifted too far for a descent: full build.
+3. Otherwise ``refine_graph`` refreshes every list. If the refreshed lists' sampled
+   recall@k is below ``min_recall``: full build.
+
+Whatever path was taken, the result's sampled recall@k and relative distance error
+against the exact answer (``ann_quality``) are recorded in ``index.last_refresh``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..utils.ann_quality import ann_quality
+from ..utils.checks import check_int, check_positive
+from ..utils.distributed import all_gather_uneven, rank_and_world_size
+from .graph_refresh import candidate_scores, refine_graph
+from .index_quality import exact_rows, sample_rows
+
+if TYPE_CHECKING:
+    from .embedding_index import EmbeddingIndex
+
+__all__ = ["RefreshParams", "refresh_index"]
+
+COLD_METHODS = ("index", "pynndescent")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshParams:
+    """Settings of ``EmbeddingIndex.refresh`` (defaults measured in benchmarks/results/index_refresh.md).
+
+    Attributes:
+        extra: the kept graph has ``k + extra`` neighbours per point (default ``k``):
+            last epoch's neighbours k+1..2k are where most of this epoch's new top-k
+            come from.
+        fan, rounds, num_random: ``refine_graph``'s second ring, descent rounds and random
+            candidates per row.
+        check_queries: rows searched exactly to measure drift and quality.
+        min_start_recall: below this sampled recall of last epoch's lists: full build.
+        min_recall: below this sampled recall of the refreshed lists: full build.
+        chunk_rows: rows per chunk of the descent (default ~64 MB gathered blocks).
+        cold: the full build: ``"index"`` (``build`` + ``knn_all`` with the index's
+            method) or ``"pynndescent"`` (PyNNDescent's graph, re-scored exactly; needs
+            ``pip install pynndescent``).
+    """
+
+    extra: int | None = None
+    fan: int = 4
+    rounds: int = 2
+    num_random: int = 4
+    check_queries: int = 500
+    min_start_recall: float = 0.5
+    min_recall: float = 0.9
+    chunk_rows: int | None = None
+    cold: str = "index"
+
+    def __post_init__(self):
+        if self.extra is not None:
+            check_int(self.extra, "extra", 0)
+        check_int(self.fan, "fan", 0)
+        check_int(self.rounds, "rounds", 1)
+        check_int(self.num_random, "num_random", 0)
+        check_int(self.check_queries, "check_queries", 1)
+        if self.chunk_rows is not None:
+            check_int(self.chunk_rows, "chunk_rows", 1)
+        for name in ("min_start_recall", "min_recall"):
+            value = getattr(self, name)
+            check_positive(value, name, allow_zero=True)
+            if value > 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.cold not in COLD_METHODS:
+            raise ValueError(f"cold must be one of {COLD_METHODS}, got {self.cold!r}")
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any] | None) -> "RefreshParams":
+        params = dict(params or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise TypeError(f"refresh params: unknown {unknown}; expected some of {sorted(names)}")
+        return cls(**params)
+
+
+def refresh_index(index: "EmbeddingIndex", embeddings: torch.Tensor, k: int, previous, labels,
+                  params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``EmbeddingIndex.refresh`` (see there and the module docstring)."""
+    from .embedding_index import _check_k
+
+    settings = RefreshParams.from_dict(params)
+    start = time.perf_counter()
+    kept = _previous_graph(index, previous)          # read before new data replaces the old
+    data = index._set_data(embeddings, labels)
+    num_points = data.shape[0]
+    k = _check_k(k, num_points - 1, "refresh", num_points)
+    width = min(num_points - 1, k + (k if settings.extra is None else settings.extra))
+    kept = _check_previous(kept, num_points, "previous")
+    count = int(index.last_refresh.get("count", 0))
+    rows = sample_rows(num_points, min(settings.check_queries, num_points), index.seed + count)
+    (exact_raw, exact_idx), _ = exact_rows(index, rows, k)
+    report: dict[str, Any] = {"count": count + 1, "previous_recall": None, "gained": []}
+
+    graph = reason = None
+    finished = False
+    if kept is None:
+        reason = "no previous graph"
+    else:
+        report["previous_recall"] = _recall(kept[rows], exact_idx)
+        if report["previous_recall"] < settings.min_start_recall:
+            reason = "previous lists too far from the new exact ones"
+        else:
+            raw, graph, report["gained"] = _refine(index, data, kept, width, k, settings, count)
+            if _recall(graph[rows, :k], exact_idx) < settings.min_recall:
+                reason, graph = "refreshed lists below min_recall", None
+    if graph is None:
+        raw, graph, finished = _full_build(index, embeddings, labels, width, settings)
+    distances, indices = raw[:, :k].clone(), graph[:, :k].clone()
+    if not finished:
+        distances, indices = _finish(index, data, distances, indices)
+    exact_d, exact_i = index._finish(data[rows], exact_raw, exact_idx, rows)
+    quality = ann_quality(exact_d, exact_i, distances[rows], indices[rows], is_similarity=index.distance.is_inverted)
+    report.update(mode="full" if reason else "incremental", reason=reason, recall=quality["recall"],
+                  relative_distance_error=quality["relative_distance_error"], check_queries=int(rows.numel()),
+                  seconds=time.perf_counter() - start)
+    index.graph, index.last_refresh = graph, report
+    return distances, indices
+
+
+def _refine(index, data, kept, width, k, settings, count):
+    rank, world = rank_and_world_size()
+    return refine_graph(
+        data, kept, width, k, inner_product=index.distance.is_inverted, fan=settings.fan,
+        num_random=settings.num_random, rounds=settings.rounds, seed=index.seed + count,
+        chunk_rows=settings.chunk_rows,
+        # Each rank refreshes a contiguous share of the row chunks; the chunk grid does not
+        # depend on the world size, so the gathered lists equal the single-process ones.
+        my_chunks=lambda n: range(rank * n // world, (rank + 1) * n // world),
+        gather_rows=all_gather_uneven)
+
+
+def _full_build(index, embeddings, labels, width, settings):
+    """``(values, indices, in_pml_units)``, ``[N, width]`` each, from a cold start."""
+    data = index._data
+    if settings.cold == "pynndescent":
+        from .pynndescent_backend import pynndescent_graph
+
+        candidates = pynndescent_graph(data, width + 1, index.distance.is_inverted, index.seed, index.num_threads)
+        rows = torch.arange(data.shape[0])
+        sq = None if index.distance.is_inverted else index._data_sq
+        scores = torch.cat([candidate_scores(data, sq, rows[s:s + 65536], candidates[s:s + 65536])
+                            for s in range(0, data.shape[0], 65536)])
+        raw, arg = torch.topk(scores, width, dim=1, largest=index.distance.is_inverted, sorted=True)
+        return raw, candidates.gather(1, arg), False
+    index.build(embeddings, labels)
+    return (*index.knn_all(width), True)
+
+
+def _finish(index, data, raw, indices):
+    """Raw scores ``[N, k]`` -> PML units, sorted, as ``knn_all`` gives them."""
+    # Rows whose top k reached a masked candidate (self or repeat; tiny N only) are
+    # re-answered exactly by _finish's short-row path.
+    bad = ~torch.isfinite(raw)
+    indices[bad] = -1
+    return index._finish(data, raw, indices, exclude=torch.arange(data.shape[0]))
+
+
+def _previous_graph(index, previous) -> torch.Tensor | None:
+    if previous is None:
+        return index.graph
+    if isinstance(previous, (tuple, list)):
+        if len(previous) != 2:
+            raise ValueError("previous must be LongTensor[N, k0] or a (distances, indices) pair")
+        previous = previous[1]
+    return previous
+
+
+def _check_previous(graph, num_points: int, name: str) -> torch.Tensor | None:
+    if graph is None:
+        return None
+    if not torch.is_tensor(graph) or graph.dim() != 2 or graph.is_floating_point() or graph.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer LongTensor[N, k0] of neighbour indices")
+    if graph.shape[0] != num_points:
+        return None  # a different set of points: nothing to refresh from
+    graph = graph.detach().cpu().long()
+    if graph.numel() and (int(graph.min()) < 0 or int(graph.max()) >= num_points):
+        raise ValueError(f"{name} holds indices outside [0, {num_points})")
+    return graph
+
+
+def _recall(found: torch.Tensor, exact: torch.Tensor) -> float:
+    """Share of ``exact: LongTensor[Q, k]`` present in ``found: LongTensor[Q, w]``, over all rows."""
+    return float((exact.unsqueeze(2) == found.unsqueeze(1)).any(2).float().mean())

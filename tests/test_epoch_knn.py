@@ -1,0 +1,78 @@
+"""The refresh wired into SmartMiner, SmartBatchSampler and HardNeighborSampler (EpochKnn).
+
+Oracle: the same objects with ``incremental=False`` (a cold build every epoch).
+"""
+import math
+
+import pytest
+import torch
+
+from pml_ext import HardNeighborSampler, SmartBatchSampler, SmartMiner
+
+N, D = 400, 8
+
+
+def epochs(seed=0):
+    """Two epochs' embeddings of N points: the second a small drift of the first."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(N) % 20
+    first = torch.randn(20, D, generator=gen)[labels] + 0.6 * torch.randn(N, D, generator=gen)
+    return labels, first, first + 0.01 * torch.randn(N, D, generator=gen)
+
+
+def test_smart_miner_refreshes_from_its_second_update_and_records_quality():
+    labels, first, second = epochs()
+    miner = SmartMiner(k=10, index_method="exact", seed=3)
+    for name in ("ann_recall", "ann_relative_distance_error", "ann_incremental"):
+        assert name in miner._record_these
+    assert math.isnan(miner.ann_recall)
+    miner.update(first, labels)
+    assert miner.ann_incremental == 0.0 and miner.ann_recall == 1.0  # the exact cold build
+    miner.update(second, labels)
+    assert miner.ann_incremental == 1.0
+    assert miner._epoch_knn.index.last_refresh["mode"] == "incremental"
+    assert miner.ann_recall == miner._epoch_knn.index.last_refresh["recall"] > 0.95
+    assert miner.ann_relative_distance_error >= -1e-6
+
+
+def test_smart_miner_without_refresh_builds_every_epoch():
+    labels, first, second = epochs()
+    miner = SmartMiner(k=10, index_method="exact", incremental=False)
+    miner.update(first, labels)
+    miner.update(second, labels)
+    assert miner.ann_incremental == 0.0 and math.isnan(miner.ann_recall)
+
+
+def test_smart_batch_sampler_copies_the_miners_records():
+    labels, first, second = epochs()
+    miner = SmartMiner(k=10, index_method="exact", batch_layout=True)
+    sampler = SmartBatchSampler(miner, batch_size=30, warmup_epochs=0, labels=labels)
+    assert "ann_recall" in sampler._record_these
+    sampler.update(first, labels)
+    sampler.update(second, labels)
+    assert sampler.ann_incremental == 1.0 and sampler.ann_recall == miner.ann_recall
+
+
+def test_hard_neighbor_sampler_refresh_gives_the_cold_build_negatives():
+    labels, first, second = epochs(seed=1)
+    warm = HardNeighborSampler(labels, batch_size=20, method="exact", seed=2)
+    cold = HardNeighborSampler(labels, batch_size=20, method="exact", seed=2, incremental=False)
+    for embeddings in (first, second):
+        warm.update(embeddings)
+        cold.update(embeddings)
+    assert warm.ann_incremental == 1.0 and cold.ann_incremental == 0.0
+    assert "ann_recall" in warm._record_these
+    # The check samples min(500, N) = all N points: recall 1 means every refreshed list
+    # holds the exact neighbours, so the negatives drawn from them are the cold build's.
+    assert warm.ann_recall == 1.0
+    assert torch.equal(warm.hard_negatives, cold.hard_negatives)
+    assert list(warm) == list(cold)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SmartMiner(refresh_params={"fan": -1}),
+    lambda: HardNeighborSampler(torch.arange(40) % 4, batch_size=8, refresh_params={"fan": -1}),
+])
+def test_bad_refresh_params_fail_at_construction(make):
+    with pytest.raises(ValueError, match="fan"):
+        make()

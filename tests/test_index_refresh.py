@@ -1,0 +1,238 @@
+"""EmbeddingIndex.refresh: incremental k-NN refresh from last epoch's graph.
+
+Oracles: PML's own distance matrix (full, then topk) for the exact lists and their values;
+recall counted by brute force over the whole set; a world of 2 gloo processes against one.
+"""
+import pytest
+import torch
+from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimilarity, LpDistance
+
+from dist_utils import run_world
+from pml_ext import EmbeddingIndex
+from pml_ext.index.index_quality import sample_rows
+from pml_ext.index.index_refresh import RefreshParams
+
+N, D, K = 2000, 16, 8
+
+
+def clustered(n=N, d=D, seed=0):
+    """Unit-norm points around n/20 random centres (so k-NN lists have structure)."""
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n // 20, d, generator=gen)
+    x = centres[torch.arange(n) % centres.shape[0]] + 0.5 * torch.randn(n, d, generator=gen)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def drift(x, eps, seed=1):
+    """A known rotation expm(eps * skew) plus noise eps / 5 per direction, renormalised."""
+    gen = torch.Generator().manual_seed(seed)
+    skew = torch.randn(x.shape[1], x.shape[1], generator=gen)
+    rotation = torch.linalg.matrix_exp(eps * (skew - skew.T) / 4)
+    return torch.nn.functional.normalize(x @ rotation + eps / 5 * torch.randn(x.shape, generator=gen), dim=1)
+
+
+def exact_knn(x, k, distance=None):
+    """The oracle: PML's full distance matrix, self masked, topk."""
+    distance = distance or LpDistance()
+    mat = distance(x, x)
+    mat.fill_diagonal_(-float("inf") if distance.is_inverted else float("inf"))
+    values, indices = torch.topk(mat, k, dim=1, largest=distance.is_inverted)
+    return values, indices
+
+
+def recall(found, exact):
+    return float((exact.unsqueeze(2) == found.unsqueeze(1)).any(2).float().mean())
+
+
+def warm_index(x, **kwargs):
+    index = EmbeddingIndex("exact", **kwargs)
+    index.refresh(x, K)
+    assert index.last_refresh["mode"] == "full" and index.last_refresh["reason"] == "no previous graph"
+    assert index.graph.shape == (x.shape[0], 2 * K)
+    return index
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2, 0.35])
+def test_controlled_drift_recall_against_exact_search(eps):
+    x = clustered()
+    index = warm_index(x)
+    kept = index.graph.clone()
+    y = drift(x, eps)
+    _, indices = index.refresh(y, K)
+    report = index.last_refresh
+    assert report["mode"] == "incremental", report
+    exact = exact_knn(y, K)[1]
+    got = recall(indices, exact)
+    # The first round re-scores every kept 2K-wide list exactly, so every true
+    # neighbour in it reaches the top K (only truly nearer points can outrank it), and
+    # later rounds only add candidates: the refreshed recall is at least the share of the
+    # new exact lists found in the kept ones (counted here over all points).
+    assert got >= recall(kept, exact) - 1e-9
+    # ... and strictly better than keeping last epoch's top K.
+    assert got > recall(kept[:, :K], exact)
+    # The recorded sampled recall is the recall on its sample (the rows drawn with seed
+    # index.seed + refresh count), re-counted here by brute force.
+    assert report["check_queries"] == 500
+    rows = sample_rows(N, 500, index.seed + 1)
+    assert report["recall"] == pytest.approx(recall(indices[rows], exact[rows]), abs=1e-6)  # float32 mean
+    assert report["relative_distance_error"] >= -1e-6  # 0 up to float rounding when exact
+    assert report["recall"] >= 0.9  # else the rule would have fallen back (min_recall)
+
+
+def test_drift_size_shows_in_previous_recall_and_gained_lists():
+    x = clustered()
+    reports = []
+    for eps in (0.05, 0.5):
+        index = warm_index(x)
+        index.refresh(drift(x, eps), K)
+        reports.append(index.last_refresh)
+    assert reports[0]["previous_recall"] > reports[1]["previous_recall"]
+    assert reports[0]["gained"][0] <= reports[1]["gained"][0]
+
+
+def test_fallback_to_a_full_build_when_the_previous_graph_is_unrelated():
+    x = clustered()
+    index = warm_index(x)
+    # Other points, in another order: last epoch's lists say nothing about their neighbours.
+    unrelated = clustered(seed=7)[torch.randperm(N, generator=torch.Generator().manual_seed(7))]
+    distances, indices = index.refresh(unrelated, K)
+    assert index.last_refresh["mode"] == "full"
+    assert index.last_refresh["reason"] == "previous lists too far from the new exact ones"
+    exact_d, exact_i = exact_knn(unrelated, K)
+    assert torch.equal(indices, exact_i) or recall(indices, exact_i) == 1.0
+    assert torch.allclose(distances, exact_d, atol=1e-5)
+
+
+def test_fallback_when_the_refreshed_lists_miss_min_recall():
+    x = clustered()
+    index = warm_index(x)
+    index.refresh(drift(x, 0.5), K, min_recall=1.0, rounds=1, fan=0, num_random=0)
+    assert index.last_refresh["mode"] == "full"
+    assert index.last_refresh["reason"] == "refreshed lists below min_recall"
+    assert index.last_refresh["recall"] == 1.0  # the exact full build
+
+
+def test_a_different_number_of_points_starts_cold():
+    index = warm_index(clustered())
+    index.refresh(clustered(n=1500), K)
+    assert index.last_refresh["reason"] == "no previous graph"
+
+
+@pytest.mark.parametrize("distance", [LpDistance(), LpDistance(power=2), LpDistance(normalize_embeddings=False),
+                                      CosineSimilarity(), DotProductSimilarity(normalize_embeddings=False)])
+def test_output_format_is_knn_all_format(distance):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(600, 8, generator=gen)
+    index = EmbeddingIndex("exact", distance=distance)
+    index.refresh(x, K)
+    y = x + 0.01 * torch.randn(x.shape, generator=gen)
+    distances, indices = index.refresh(y, K)
+    assert index.last_refresh["mode"] == "incremental"
+    assert distances.shape == indices.shape == (600, K) and indices.dtype == torch.long
+    assert not (indices == torch.arange(600).unsqueeze(1)).any()                     # self excluded
+    assert (torch.sort(indices, 1).values.diff(dim=1) != 0).all()                     # no repeats
+    steps = distances.diff(dim=1)
+    assert (steps <= 1e-6).all() if distance.is_inverted else (steps >= -1e-6).all()  # nearest first
+    pml = distance(y, y).gather(1, indices)                                           # PML units
+    assert torch.allclose(distances, pml, atol=1e-4)
+    ref_d, ref_i = EmbeddingIndex("exact", distance=distance).build(y).knn_all(K)
+    assert torch.allclose(distances, ref_d, atol=1e-4)
+
+
+def test_deterministic_under_a_seed():
+    x = clustered()
+    y = drift(x, 0.2)
+    runs = []
+    for _ in range(2):
+        index = warm_index(x, seed=5)
+        runs.append(index.refresh(y, K))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_previous_given_as_knn_all_output():
+    x = clustered()
+    previous = EmbeddingIndex("exact").build(x).knn_all(K)
+    index = EmbeddingIndex("exact")
+    y = drift(x, 0.05)
+    _, indices = index.refresh(y, K, previous=previous)
+    assert index.last_refresh["mode"] == "incremental"
+    exact = exact_knn(y, K)[1]
+    assert recall(indices, exact) > recall(previous[1], exact)  # only K wide: the descent must add
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"fan": -1}, ValueError, "fan"),
+    ({"min_recall": 1.5}, ValueError, "min_recall"),
+    ({"cold": "annoy"}, ValueError, "cold"),
+    ({"bogus": 1}, TypeError, "bogus"),
+    ({"chunk_rows": 0}, ValueError, "chunk_rows"),
+])
+def test_bad_params_are_named(params, error, match):
+    with pytest.raises(error, match=match):
+        EmbeddingIndex("exact").refresh(clustered(n=100), 4, **params)
+    with pytest.raises(error, match=match):
+        RefreshParams.from_dict(params)
+
+
+def test_bad_previous_is_named():
+    x = clustered(n=100)
+    with pytest.raises(ValueError, match="previous"):
+        EmbeddingIndex("exact").refresh(x, 4, previous=torch.full((100, 6), 100))
+    with pytest.raises(TypeError, match="previous"):
+        EmbeddingIndex("exact").refresh(x, 4, previous=torch.zeros(100, 6))
+
+
+def _world_worker(rank, world_size, out_dir):
+    x = clustered()
+    previous = EmbeddingIndex("exact").build(x).knn_all(2 * K)[1]
+    index = EmbeddingIndex("exact", seed=2)
+    # Small chunks, so the two ranks really split the rows (12 chunks of 200).
+    result = index.refresh(drift(x, 0.2), K, previous=previous, chunk_rows=200)
+    torch.save({"result": result, "graph": index.graph, "report": index.last_refresh}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_world_of_two_equals_one_process(tmp_path):
+    run_world(_world_worker, str(tmp_path))
+    x = clustered()
+    previous = EmbeddingIndex("exact").build(x).knn_all(2 * K)[1]
+    index = EmbeddingIndex("exact", seed=2)
+    single = index.refresh(drift(x, 0.2), K, previous=previous, chunk_rows=200)
+    assert index.last_refresh["mode"] == "incremental"
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(got["result"][0], single[0]) and torch.equal(got["result"][1], single[1])
+        assert torch.equal(got["graph"], index.graph)
+        assert got["report"]["gained"] == index.last_refresh["gained"]
+
+
+class _FakeNNDescent:
+    """Stands in for pynndescent.NNDescent (whose numba JIT takes minutes): the exact graph,
+    self first, as PyNNDescent's neighbor_graph gives it."""
+
+    def __init__(self, data, n_neighbors, metric, random_state, n_jobs, compressed, verbose):
+        x = torch.as_tensor(data)
+        mat = -(x @ x.T) if metric == "dot" else torch.cdist(x, x)
+        order = torch.argsort(mat, dim=1, stable=True)[:, :n_neighbors]
+        self.neighbor_graph = (order.numpy(), mat.gather(1, order).numpy())
+
+
+def test_cold_pynndescent_rescores_its_graph_into_knn_all_format(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "pynndescent", types.SimpleNamespace(NNDescent=_FakeNNDescent))
+    x = clustered()
+    index = EmbeddingIndex("exact")
+    distances, indices = index.refresh(x, K, cold="pynndescent")
+    assert index.last_refresh["mode"] == "full" and index._knn is None  # no FAISS index was built
+    exact_d, exact_i = exact_knn(x, K)
+    assert recall(indices, exact_i) == 1.0
+    assert torch.allclose(distances, exact_d, atol=1e-5)
+
+
+def test_cold_pynndescent_without_the_package_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynndescent", None)
+    with pytest.raises(ImportError, match="pip install pynndescent"):
+        EmbeddingIndex("exact").refresh(clustered(n=200), 4, cold="pynndescent")
