@@ -76,3 +76,22 @@ def test_hard_neighbor_sampler_refresh_gives_the_cold_build_negatives():
 def test_bad_refresh_params_fail_at_construction(make):
     with pytest.raises(ValueError, match="fan"):
         make()
+
+
+def test_the_kept_graph_survives_state_dict_so_a_resumed_refresh_equals_the_uninterrupted_one():
+    from pml_ext.index.epoch_knn import EpochKnn
+
+    labels, first, second = epochs(1)
+    third = second + 0.01 * torch.randn(N, D, generator=torch.Generator().manual_seed(9))
+    through = EpochKnn("exact", seed=5)
+    through.knn_all(first, 10, labels), through.knn_all(second, 10, labels)
+    resumed = EpochKnn("exact", seed=5)
+    resumed.load_state_dict(through.state_dict())
+    assert resumed.ann_incremental == through.ann_incremental == 1.0
+    ours, theirs = resumed.knn_all(third, 10, labels), through.knn_all(third, 10, labels)
+    assert resumed.index.last_refresh["mode"] == "incremental"
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    with pytest.raises(ValueError, match="graph"):
+        resumed.load_state_dict({"graph": torch.zeros(3, 2), "count": 0})
+    with pytest.raises(ValueError, match="count"):
+        resumed.load_state_dict({"graph": None, "count": -1})

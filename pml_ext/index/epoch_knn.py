@@ -27,9 +27,8 @@ class EpochKnn:
     ``ann_quality`` of the returned lists against exact search; NaN before the first
     refresh and with ``incremental=False``) and ``ann_incremental`` (1.0 when the lists were refreshed, 0.0 when built).
 
-    The previous graph is not part of any ``state_dict``: after a resume, the first call
-    builds cold again (its lists then match an uninterrupted run's up to the refresh's
-    recall, recorded in ``ann_recall``).
+    ``state_dict`` holds the previous graph and the refresh count (which seeds the refresh's
+    random candidates), so a resumed run refreshes exactly as the uninterrupted one.
     """
 
     RECORDS = ("ann_recall", "ann_relative_distance_error", "ann_incremental")
@@ -62,3 +61,20 @@ class EpochKnn:
 
     def records(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.RECORDS}
+
+    def state_dict(self) -> dict:
+        """The kept graph (``LongTensor[N, w]`` or ``None``), the refresh count and the records."""
+        return {"graph": self.index.graph, "count": int(self.index.last_refresh.get("count", 0)),
+                **self.records()}
+
+    def load_state_dict(self, state: dict) -> None:
+        graph = state.get("graph")
+        if graph is not None and (not torch.is_tensor(graph) or graph.dim() != 2 or graph.is_floating_point()):
+            raise ValueError("state['graph'] must be None or a LongTensor[N, w] of neighbour indices")
+        count = state.get("count", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"state['count'] must be an int >= 0, got {count!r}")
+        self.index.graph = None if graph is None else graph.long().cpu()
+        self.index.last_refresh = {"count": count}
+        for name in self.RECORDS:
+            setattr(self, name, float(state.get(name, getattr(self, name))))

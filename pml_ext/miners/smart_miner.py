@@ -229,14 +229,18 @@ class SmartMiner(BaseMiner):
         self.num_updates += 1
         return self.triplets
 
-    def _knn_all(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _knn(self):
+        """The ``EpochKnn`` kept across epochs, made on first use."""
         if self._epoch_knn is None:
             # Imported here: the index pulls in FAISS, which in-batch mining never needs.
             from ..index.epoch_knn import EpochKnn
 
             self._epoch_knn = EpochKnn(self.index_method, self.distance, seed=self.seed, index_params=self.index_params,
                                        incremental=self.incremental, refresh_params=self.refresh_params)
-        result = self._epoch_knn.knn_all(embeddings, k)
+        return self._epoch_knn
+
+    def _knn_all(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        result = self._knn().knn_all(embeddings, k)
         for name, value in self._epoch_knn.records().items():
             setattr(self, name, value)
         return result
@@ -249,7 +253,8 @@ class SmartMiner(BaseMiner):
                 "batch_generator": self._batch_generator.get_state(), "triplets": self.triplets,
                 "triplet_is_mined": self.triplet_is_mined, "triplet_is_random": self.triplet_is_random,
                 "labels": self.labels, "epoch_counts": dict(self._epoch_counts),
-                "epoch_fraction_active": self.epoch_fraction_active, "num_updates": self.num_updates}
+                "epoch_fraction_active": self.epoch_fraction_active, "num_updates": self.num_updates,
+                "epoch_knn": None if self._epoch_knn is None else self._epoch_knn.state_dict()}
 
     def set_extra_state(self, state: dict) -> None:
         missing = sorted({"kappa", "update_generator", "batch_generator", "triplets"} - set(state))
@@ -267,6 +272,10 @@ class SmartMiner(BaseMiner):
         self._epoch_counts = dict(state.get("epoch_counts", self._epoch_counts))
         self.epoch_fraction_active = float(state.get("epoch_fraction_active", 0.0))
         self.num_updates = int(state.get("num_updates", 0))
+        if state.get("epoch_knn") is not None:
+            self._knn().load_state_dict(state["epoch_knn"])
+            for name, value in self._epoch_knn.records().items():
+                setattr(self, name, value)
 
     # ------------------------------------------------------------------ records
     def _fraction_active(self, sq_ap: torch.Tensor, sq_an: torch.Tensor) -> float:

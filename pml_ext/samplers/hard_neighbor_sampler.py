@@ -161,8 +161,9 @@ class HardNeighborSampler(EpochSampler):
         return self
 
     def state_dict(self) -> dict:
-        """The epoch counters and the hard negatives of the last ``update``."""
-        return {**super().state_dict(), "num_updates": self.num_updates, "hard_negatives": self.hard_negatives}
+        """The epoch counters, the hard negatives of the last ``update`` and the kept k-NN graph."""
+        return {**super().state_dict(), "num_updates": self.num_updates, "hard_negatives": self.hard_negatives,
+                "epoch_knn": self._epoch_knn.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         negatives = state.get("hard_negatives")
@@ -172,6 +173,9 @@ class HardNeighborSampler(EpochSampler):
         super().load_state_dict(state)
         self.num_updates = check_int(state.get("num_updates", 0), "state['num_updates']", 0)
         self.hard_negatives = None if negatives is None else negatives.long().cpu()
+        if state.get("epoch_knn") is not None:  # the previous graph: the next update refreshes as uninterrupted
+            self._epoch_knn.load_state_dict(state["epoch_knn"])
+            self._copy_records()
 
     def _copy_records(self) -> None:
         for name, value in self._epoch_knn.records().items():

@@ -137,7 +137,8 @@ class SmartBatchSampler(EpochSampler):
 
     def state_dict(self) -> dict:
         """The epoch counters, ``mined_fraction`` and the labels kept from the last ``update``."""
-        return {**super().state_dict(), "mined_fraction": self.mined_fraction, "labels": self.labels}
+        return {**super().state_dict(), "mined_fraction": self.mined_fraction, "labels": self.labels,
+                **{name: getattr(self, name) for name in _ANN_RECORDS}}
 
     def load_state_dict(self, state: dict) -> None:
         labels = state.get("labels")
@@ -146,6 +147,8 @@ class SmartBatchSampler(EpochSampler):
         super().load_state_dict(state)
         self.mined_fraction = state.get("mined_fraction", self.mined_fraction)
         self.labels = None if labels is None else labels.long().cpu()
+        for name in _ANN_RECORDS:  # the miner's, as copied at the last update
+            setattr(self, name, float(state.get(name, getattr(self, name))))
 
     # ------------------------------------------------------------------ iteration
     def _dataset_labels(self) -> torch.Tensor:
