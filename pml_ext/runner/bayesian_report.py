@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import statistics
 
@@ -55,7 +56,7 @@ def _plot(folder: str, trials: list[dict], space) -> str:
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), squeeze=False)
     numbers = [t["number"] for t in trials]
     values = [t["value"] for t in trials]
-    best_so_far = [max(values[: i + 1]) for i in range(len(values))]
+    best_so_far = list(itertools.accumulate(values, max))
     ax = axes[0][0]
     ax.plot(numbers, values, "o", label="trial")
     ax.step(numbers, best_so_far, where="post", label="best so far")

@@ -95,10 +95,12 @@ class EpochSampler(Sampler[int]):
         epoch = self._next_epoch
         batches = self.epoch_batches(epoch)
         self.epoch, self._next_epoch = epoch, epoch + 1
-        mine = [b.tolist() for b in self.rank_slice(batches)]
-        if self.return_batches:
-            return iter(mine)
-        return iter([i for batch in mine for i in batch])
+        mine = self.rank_slice(batches)
+        if not torch.is_tensor(mine):  # a list of ragged batches
+            mine = [torch.as_tensor(b).tolist() for b in mine]
+            return iter(mine if self.return_batches else [i for batch in mine for i in batch])
+        # LongTensor[num_batches, batch_size]: converted in one call
+        return iter(mine.tolist() if self.return_batches else mine.flatten().tolist())
 
     def __len__(self) -> int:
         mine = self.rank_slice(self.batch_lengths())
