@@ -15,7 +15,7 @@ subprocess (so peak RSS is its own), on the same drifted embeddings:
 Drift: synthetic (``bench_index.clustered_embeddings`` rotated by ``expm(eps * S)``, S a
 random skew matrix scaled to unit-order entries, plus Gaussian noise ``eps / 5`` per
 direction, renormalised), or real (``--glyphs``: the training set's embeddings after two
-consecutive epochs of a short glyph run). Last epoch's graph is PyNNDescent's on the
+consecutive epochs E-1 and E of a short glyph run, ``--glyph-epochs E ...``). Last epoch's graph is PyNNDescent's on the
 previous embeddings (computed once per case and cached in a temp dir). recall@k is
 measured against exact search on ``--queries`` random points of the new embeddings.
 """
@@ -33,6 +33,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CACHE = pathlib.Path(tempfile.gettempdir()) / "pml_ext_bench_refresh"
 METHODS = ("hnsw rebuild", "refresh")  # and PyNNDescent (cold, init_graph), always run first
+GLYPH_EPOCHS = 5  # --glyph-epochs may ask for the drift into any of epochs 2..5
 
 
 def drifted(n: int, dim: int, isotropic: bool, eps: float, seed: int = 0):
@@ -52,7 +53,7 @@ def drifted(n: int, dim: int, isotropic: bool, eps: float, seed: int = 0):
 
 
 def glyph_epochs(epochs: int = 2, seed: int = 0):
-    """``(previous, new)``: the glyph training set embedded after epochs ``epochs - 1`` and ``epochs``."""
+    """``[Tensor[N, d]] * epochs``: the glyph training set embedded after each of ``epochs`` epochs."""
     import torch
     from pytorch_metric_learning import losses, miners, samplers
 
@@ -81,7 +82,7 @@ def glyph_epochs(epochs: int = 2, seed: int = 0):
         model.eval()
         with torch.no_grad():
             snapshots.append(torch.nn.functional.normalize(torch.cat([model(b) for b, _ in plain]), dim=1))
-    return snapshots[-2], snapshots[-1]
+    return snapshots
 
 
 def case_embeddings(args):
@@ -89,15 +90,22 @@ def case_embeddings(args):
     import torch
 
     CACHE.mkdir(exist_ok=True)
+    if args.glyphs:
+        path = CACHE / f"glyph_epochs_{GLYPH_EPOCHS}.pt"
+        if not path.exists():
+            _save(glyph_epochs(GLYPH_EPOCHS), path)
+        snapshots = torch.load(path)
+        return snapshots[args.glyph_epoch - 2], snapshots[args.glyph_epoch - 1]
     path = CACHE / f"{_case_key(args)}.pt"
     if not path.exists():
-        data = glyph_epochs() if args.glyphs else drifted(args.n, args.dim, args.isotropic, args.eps)
-        _save(data, path)
+        _save(drifted(args.n, args.dim, args.isotropic, args.eps), path)
     return torch.load(path)
 
 
 def _case_key(args) -> str:
-    return "glyphs" if args.glyphs else f"{args.n}_{'iso' if args.isotropic else 'trained'}_{args.eps}"
+    if args.glyphs:
+        return f"glyphs_{args.glyph_epoch}"
+    return f"{args.n}_{'iso' if args.isotropic else 'trained'}_{args.eps}"
 
 
 def _save(obj, path) -> None:
@@ -237,7 +245,7 @@ def _drop_own_rows(found, rows):
 
 def _case_name(args) -> str:
     if args.glyphs:
-        return "glyphs, epochs 1 -> 2"
+        return f"glyphs, epochs {args.glyph_epoch - 1} -> {args.glyph_epoch}"
     return f"{args.n:,} {'isotropic' if args.isotropic else 'trained'}, eps={args.eps}"
 
 
@@ -291,6 +299,8 @@ def incremental(argv) -> None:
     parser.add_argument("--kinds", nargs="*", default=["trained", "isotropic"])
     parser.add_argument("--eps", type=float, nargs="*", default=[0.05])
     parser.add_argument("--glyphs", action="store_true")
+    parser.add_argument("--glyph-epochs", type=int, nargs="*", default=[2],
+                        help=f"drift from epoch E-1 into E, E in 2..{GLYPH_EPOCHS}")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="besides PyNNDescent")
     parser.add_argument("--skip-init-graph", action="store_true", help="PyNNDescent cold only (saves time at 1M)")
     parser.add_argument("--own-previous", action="store_true",
@@ -305,11 +315,11 @@ def incremental(argv) -> None:
     cases = [["--n", str(n), "--eps", str(eps)] + (["--isotropic"] if kind == "isotropic" else [])
              for n in sizes for kind in args.kinds for eps in args.eps]
     if args.glyphs:
-        cases.append(["--glyphs"])
+        cases += [["--glyphs", "--glyph-epoch", str(e)] for e in args.glyph_epochs]
     print(HEADER)
     rows = run_cases(args, cases)
     command = "python " + " ".join(["benchmarks/bench_index.py"] + list(argv))
-    text = (f"\n### Incremental refresh ({datetime.date(2026, 11, 30).isoformat()})\n\n"
+    text = (f"\n### Incremental refresh ({datetime.date.today().isoformat()})\n\n"
             f"Command: `{command}` (k={args.k}, d={args.dim}, {args.threads} thread(s) per method, recall on "
             f"{args.queries} exact queries; load average {os.getloadavg()[0]:.1f} on 2 shared cores at the end)"
             f"\n\n{HEADER}\n" + "\n".join(_fmt_row(r) for r in rows) + "\n")
@@ -328,6 +338,7 @@ def main(argv=None) -> None:
     parser.add_argument("--isotropic", action="store_true")
     parser.add_argument("--eps", type=float, default=0.05)
     parser.add_argument("--glyphs", action="store_true")
+    parser.add_argument("--glyph-epoch", type=int, default=2, choices=range(2, GLYPH_EPOCHS + 1))
     parser.add_argument("--skip-init-graph", action="store_true")
     parser.add_argument("--own-previous", action="store_true")
     parser.add_argument("--method", default=None)

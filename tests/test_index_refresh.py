@@ -236,3 +236,75 @@ def test_cold_pynndescent_without_the_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynndescent", None)
     with pytest.raises(ImportError, match="pip install pynndescent"):
         EmbeddingIndex("exact").refresh(clustered(n=200), 4, cold="pynndescent")
+
+
+@pytest.mark.parametrize("distance", [LpDistance(), DotProductSimilarity()])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_brute_force_raw_equals_faiss_flat_search(distance, dtype):
+    """The exact check's brute force against FAISS's flat index (shares no code)."""
+    import faiss
+
+    from pml_ext.index.index_quality import brute_force_raw
+
+    gen = torch.Generator().manual_seed(3)
+    data = torch.randn(70_000, 8, generator=gen).to(dtype)  # spans 3 column blocks
+    q = torch.randn(40, 8, generator=gen).to(dtype)
+    flat = faiss.IndexFlat(8, faiss.METRIC_INNER_PRODUCT if distance.is_inverted else faiss.METRIC_L2)
+    flat.add(data.float().numpy())
+    want_raw, want_idx = flat.search(q.float().numpy(), 12)
+    raw, idx = brute_force_raw(data, (data ** 2).sum(1), q, 12, distance.is_inverted)
+    assert raw.dtype == dtype and idx.dtype == torch.long
+    assert torch.equal(idx, torch.as_tensor(want_idx).long())
+    assert torch.allclose(raw.float(), torch.as_tensor(want_raw), rtol=1e-4, atol=1e-4)
+
+
+def test_locality_order_is_a_permutation_grouping_graph_neighbours():
+    from pml_ext.index.graph_refresh import locality_order
+
+    # Two cliques of 50 points, interleaved ids: each point's neighbours are its clique.
+    ids = torch.arange(100)
+    clique = ids % 2
+    graph = torch.stack([ids[(clique == clique[i]) & (ids != i)][:8] for i in range(100)])
+    order = locality_order(graph)
+    assert torch.equal(torch.sort(order).values, ids)
+    assert torch.equal(clique[order], torch.cat([torch.zeros(50), torch.ones(50)]).long())
+    assert torch.equal(locality_order(graph[:, :0]), ids)
+
+
+def test_refined_lists_do_not_depend_on_the_processing_order(monkeypatch):
+    """The locality order changes which rows share a chunk, never a row's result."""
+    import pml_ext.index.graph_refresh as graph_refresh
+
+    x = clustered()
+    kept = warm_index(x).graph
+    y = drift(x, 0.2)
+    args = dict(inner_product=False, fan=4, num_random=4, rounds=3, seed=2, chunk_rows=64)
+    ordered = graph_refresh.refine_graph(y, kept, 2 * K, K, **args)
+    monkeypatch.setattr(graph_refresh, "locality_order", lambda g: torch.arange(g.shape[0]))
+    plain = graph_refresh.refine_graph(y, kept, 2 * K, K, **args)
+    assert torch.equal(ordered[1], plain[1]) and torch.equal(ordered[0], plain[0])
+    assert ordered[2] == plain[2] and ordered[2][0] > 0
+
+
+def test_refresh_runs_with_the_index_thread_count_and_restores_it():
+    import faiss
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(2)  # so that "1 inside" cannot be the setting the test found
+    faiss.omp_set_num_threads(2)
+    seen = []
+    index = EmbeddingIndex("exact", num_threads=1)
+    original = index._set_data
+
+    def spy(*args):
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+        return original(*args)
+
+    index._set_data = spy
+    try:
+        index.refresh(clustered(), K)
+        assert seen and set(seen) == {(1, 1)}
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])

@@ -9,7 +9,6 @@ on top of ``FaissKNN`` and PML's own self-exclusion (``inference.return_results`
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any
@@ -25,6 +24,7 @@ from pytorch_metric_learning.distances import (
 from pytorch_metric_learning.utils.inference import FaissKNN
 
 from ..utils.checks import check_embeddings, check_int, check_labels
+from ..utils.threads import thread_count
 from .faiss_params import METHODS, check_faiss_params, check_for_data, check_num_threads, check_seed
 from .index_quality import _as_faiss_input, drop_self, index_quality, true_ranks
 
@@ -59,8 +59,8 @@ class EmbeddingIndex:
         distance: a PML distance. ``LpDistance`` with ``p=2`` (normalised or not, any
             ``power > 0``) searches L2; ``CosineSimilarity`` / ``DotProductSimilarity``
             (``power=1``) search inner product. Default ``LpDistance()``, PML's default.
-        num_threads: OpenMP threads FAISS may use during ``build``/``search`` (restored
-            afterwards). ``None`` keeps FAISS's current setting.
+        num_threads: threads FAISS and torch may use during ``build``/``search``/``refresh``
+            (restored afterwards). ``None`` keeps the current settings.
         seed: seeds IVF's k-means and HNSW's level assignment, so the same data and seed
             give the same index (HNSW only exactly so with ``num_threads=1``: its
             parallel insertion order varies).
@@ -304,7 +304,8 @@ class EmbeddingIndex:
         """
         from .index_refresh import refresh_index
 
-        return refresh_index(self, embeddings, k, previous, labels, params)
+        with self._threads():
+            return refresh_index(self, embeddings, k, previous, labels, params)
 
     # ------------------------------------------------------------------ helpers
     def _require_built(self) -> None:
@@ -312,17 +313,8 @@ class EmbeddingIndex:
             raise RuntimeError("EmbeddingIndex: call build(embeddings) before search/knn_all/quality "
                                "(an incremental refresh keeps neighbour lists, not a FAISS index)")
 
-    @contextlib.contextmanager
     def _threads(self):
-        if self.num_threads is None:
-            yield
-            return
-        previous = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self.num_threads)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(previous)
+        return thread_count(self.num_threads)
 
     def __repr__(self) -> str:
         return (f"EmbeddingIndex(method={self.method!r}, resolved={self.resolved_method!r}, "

@@ -23,7 +23,7 @@ import torch
 from ..utils.ann_quality import ann_quality
 from ..utils.checks import check_int, check_positive
 from ..utils.distributed import all_gather_uneven, rank_and_world_size
-from .graph_refresh import candidate_scores, refine_graph
+from .graph_refresh import CandidateScorer, refine_graph
 from .index_quality import exact_rows, sample_rows
 
 if TYPE_CHECKING:
@@ -153,11 +153,9 @@ def _full_build(index, embeddings, labels, width, settings):
         from .pynndescent_backend import pynndescent_graph
 
         candidates = pynndescent_graph(data, width + 1, index.distance.is_inverted, index.seed, index.num_threads)
-        rows = torch.arange(data.shape[0])
-        sq = None if index.distance.is_inverted else index._data_sq
-        scores = torch.cat([candidate_scores(data, sq, rows[s:s + 65536], candidates[s:s + 65536])
-                            for s in range(0, data.shape[0], 65536)])
-        raw, arg = torch.topk(scores, width, dim=1, largest=index.distance.is_inverted, sorted=True)
+        scorer, rows = CandidateScorer(data, index.distance.is_inverted), torch.arange(data.shape[0])
+        tops = [scorer.top(rows[s:s + 65536], candidates[s:s + 65536], width) for s in range(0, data.shape[0], 65536)]
+        raw, arg = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
         return raw, candidates.gather(1, arg), False
     index.build(embeddings, labels)
     return (*index.knn_all(width), True)

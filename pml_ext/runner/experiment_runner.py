@@ -16,12 +16,14 @@ broadcasts its keep-training decision so that every rank stops at the same epoch
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any, Mapping
 
 import torch
 
+from ..utils.threads import thread_count
 from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .evaluate_only import EVALUATE_CHOICES
@@ -266,18 +268,9 @@ class ExperimentRunner:
     @staticmethod
     def _set_threads(num_threads: int | None):
         """Set torch's and FAISS's thread counts for the run; returns a function restoring them."""
-        if num_threads is None:
-            return lambda: None
-        import faiss
-
-        previous = torch.get_num_threads(), faiss.omp_get_max_threads()
-        torch.set_num_threads(num_threads)
-        faiss.omp_set_num_threads(num_threads)
-
-        def restore():
-            torch.set_num_threads(previous[0])
-            faiss.omp_set_num_threads(previous[1])
-        return restore
+        stack = contextlib.ExitStack()
+        stack.enter_context(thread_count(num_threads))
+        return stack.close
 
     def _start_logging(self):
         if self.rank != 0:
