@@ -84,7 +84,7 @@ def test_drift_size_shows_in_previous_recall_and_gained_lists():
     reports = []
     for eps in (0.05, 0.5):
         index = warm_index(x)
-        index.refresh(drift(x, eps), K)
+        index.refresh(drift(x, eps), K, min_start_recall=0.0)  # refine even the large drift
         reports.append(index.last_refresh)
     assert reports[0]["previous_recall"] > reports[1]["previous_recall"]
     assert reports[0]["gained"][0] <= reports[1]["gained"][0]
@@ -103,10 +103,27 @@ def test_fallback_to_a_full_build_when_the_previous_graph_is_unrelated():
     assert torch.allclose(distances, exact_d, atol=1e-5)
 
 
+def test_a_drift_the_descent_cannot_bridge_builds_cold_without_refining(monkeypatch):
+    """Kept lists holding 0.5-0.85 of the new top k (real early-training drift) go
+    straight to a full build: the descent's gain is too small to reach min_recall."""
+    import pml_ext.index.index_refresh as index_refresh
+
+    x = clustered()
+    index = warm_index(x)
+    y = drift(x, 0.5)
+    refined = []
+    monkeypatch.setattr(index_refresh, "refine_graph", lambda *a, **kw: refined.append(1))
+    distances, indices = index.refresh(y, K)
+    report = index.last_refresh
+    assert 0.0 < report["previous_recall"] < 0.85 and not refined
+    assert report["mode"] == "full" and report["reason"] == "previous lists too far from the new exact ones"
+    assert recall(indices, exact_knn(y, K)[1]) == 1.0
+
+
 def test_fallback_when_the_refreshed_lists_miss_min_recall():
     x = clustered()
     index = warm_index(x)
-    index.refresh(drift(x, 0.5), K, min_recall=1.0, rounds=1, fan=0, num_random=0)
+    index.refresh(drift(x, 0.5), K, min_start_recall=0.0, min_recall=1.0, rounds=1, fan=0, num_random=0)
     assert index.last_refresh["mode"] == "full"
     assert index.last_refresh["reason"] == "refreshed lists below min_recall"
     assert index.last_refresh["recall"] == 1.0  # the exact full build
@@ -256,34 +273,6 @@ def test_brute_force_raw_equals_faiss_flat_search(distance, dtype):
     assert raw.dtype == dtype and idx.dtype == torch.long
     assert torch.equal(idx, torch.as_tensor(want_idx).long())
     assert torch.allclose(raw.float(), torch.as_tensor(want_raw), rtol=1e-4, atol=1e-4)
-
-
-def test_locality_order_is_a_permutation_grouping_graph_neighbours():
-    from pml_ext.index.graph_refresh import locality_order
-
-    # Two cliques of 50 points, interleaved ids: each point's neighbours are its clique.
-    ids = torch.arange(100)
-    clique = ids % 2
-    graph = torch.stack([ids[(clique == clique[i]) & (ids != i)][:8] for i in range(100)])
-    order = locality_order(graph)
-    assert torch.equal(torch.sort(order).values, ids)
-    assert torch.equal(clique[order], torch.cat([torch.zeros(50), torch.ones(50)]).long())
-    assert torch.equal(locality_order(graph[:, :0]), ids)
-
-
-def test_refined_lists_do_not_depend_on_the_processing_order(monkeypatch):
-    """The locality order changes which rows share a chunk, never a row's result."""
-    import pml_ext.index.graph_refresh as graph_refresh
-
-    x = clustered()
-    kept = warm_index(x).graph
-    y = drift(x, 0.2)
-    args = dict(inner_product=False, fan=4, num_random=4, rounds=3, seed=2, chunk_rows=64)
-    ordered = graph_refresh.refine_graph(y, kept, 2 * K, K, **args)
-    monkeypatch.setattr(graph_refresh, "locality_order", lambda g: torch.arange(g.shape[0]))
-    plain = graph_refresh.refine_graph(y, kept, 2 * K, K, **args)
-    assert torch.equal(ordered[1], plain[1]) and torch.equal(ordered[0], plain[0])
-    assert ordered[2] == plain[2] and ordered[2][0] > 0
 
 
 def test_refresh_runs_with_the_index_thread_count_and_restores_it():

@@ -266,7 +266,7 @@ class EmbeddingIndex:
         """Zezula et al.'s approximate-search quality of this index, measured on a sample.
 
         ``num_queries`` indexed points (drawn with ``seed``) are searched, themselves
-        excluded, by this index and by an exact flat index built on the same data.
+        excluded, by this index and by exact search (``index_quality.brute_force_raw``).
         Returns ``ann_quality(...)``'s dict (recall, precision, ED, position error with
         true ranks over all ``N`` points, improvement in efficiency from the two search
         times) plus ``"num_queries"`` and ``"method"``.

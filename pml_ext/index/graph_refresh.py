@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["refine_graph", "CandidateScorer", "locality_order"]
+__all__ = ["refine_graph", "CandidateScorer"]
 
 # Gathered elements per chunk (~16 MB in float32). Measured at N=100k, one thread
 # (benchmarks/results/index_refresh.md): 64 MB blocks made the gathers ~3x slower than
@@ -83,24 +83,6 @@ class CandidateScorer:
         return values, arg
 
 
-def locality_order(graph: torch.Tensor, fan: int = 8, hops: int = 3) -> torch.LongTensor:
-    """The rows ``0..N-1`` of ``graph: LongTensor[N, w]`` grouped by neighbourhood: ``LongTensor[N]``.
-
-    Each row's key is the smallest row id within ``hops`` steps along its first ``fan``
-    neighbours; rows sharing a key are neighbours of each other, so a chunk of them gathers
-    overlapping candidate rows, which stay in cache. Measured (N=1M, one thread, 64
-    candidates per row): gathers 13.4 s in row order, 6.5 s in this order, for 2.6 s of
-    keys (benchmarks/results/index_refresh.md).
-    """
-    key = torch.arange(graph.shape[0])
-    if graph.shape[1] == 0:
-        return key
-    heads = graph[:, :fan].contiguous()
-    for _ in range(hops):
-        key = torch.minimum(key, key[heads].amin(dim=1))
-    return torch.argsort(key, stable=True)
-
-
 def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, inner_product: bool,
                  fan: int = 8, num_random: int = 4, rounds: int = 3, seed: int = 0,
                  chunk_rows: int | None = None, my_chunks: Callable[[int], range] | None = None,
@@ -140,17 +122,17 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
     my_chunks = my_chunks or (lambda n: range(n))
     gather_rows = gather_rows or (lambda t: t)
     gen = torch.Generator().manual_seed(int(seed))
-    raw, indices = x.new_empty(num_points, width), torch.empty(num_points, width, dtype=torch.long)
-    active, reading = locality_order(graph), graph
+    raw, indices = None, graph
+    active = torch.arange(num_points)
     changed_shares = []
     for _ in range(max(1, int(rounds))):
         # Enough random candidates that every row has ``width`` of them, whatever ``w0``.
-        num_draws = num_random + max(0, width - reading.shape[1])
+        num_draws = num_random + max(0, width - indices.shape[1])
         randoms = torch.randint(0, num_points, (num_points, num_draws), generator=gen)
         if active.numel() == 0:
             break
-        heads = reading[:, :fan].contiguous()  # the ring reads only these columns
-        num_cands = reading.shape[1] + fan * fan + num_draws
+        heads = indices[:, :fan].contiguous()  # the ring reads only these columns
+        num_cands = indices.shape[1] + fan * fan + num_draws
         rows_per_chunk = chunk_rows or max(1, _GATHER_ELEMENTS // (num_cands * scorer.table.shape[1]))
         mine = my_chunks(-(-active.numel() // rows_per_chunk))
         lo, hi = mine.start * rows_per_chunk, min(mine.stop * rows_per_chunk, active.numel())
@@ -160,7 +142,7 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
         out_gained = torch.empty(max(0, hi - lo), dtype=torch.uint8)  # gloo gathers no bool
         for c in mine:
             rows = active[c * rows_per_chunk:(c + 1) * rows_per_chunk]
-            near = reading[rows]
+            near = indices[rows]
             cand = [near, randoms[rows]]
             if fan:
                 cand.append(heads[near[:, :fan]].reshape(rows.numel(), -1))
@@ -174,8 +156,10 @@ def refine_graph(x: torch.Tensor, graph: torch.Tensor, width: int, k: int, *, in
             out_gained[part] = (arg[:, :k] >= near.shape[1]).any(dim=1)
         new_raw, new_idx = gather_rows(out_raw), gather_rows(out_idx)
         moved = gather_rows(out_gained).bool()
-        raw[active], indices[active] = new_raw, new_idx
-        reading = indices
+        if raw is None:
+            raw, indices = new_raw, new_idx
+        else:
+            raw[active], indices[active] = new_raw, new_idx
         changed_shares.append(float(moved.float().sum()) / num_points)
         active = active[moved]
     return raw, indices, changed_shares

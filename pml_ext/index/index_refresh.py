@@ -47,18 +47,18 @@ class RefreshParams:
         check_queries: rows searched exactly to measure drift and quality.
         min_start_recall: below this sampled recall of last epoch's lists: full build.
         min_recall: below this sampled recall of the refreshed lists: full build.
-        chunk_rows: rows per chunk of the descent (default ~64 MB gathered blocks).
+        chunk_rows: rows per chunk of the descent (default ~16 MB gathered blocks).
         cold: the full build: ``"index"`` (``build`` + ``knn_all`` with the index's
             method) or ``"pynndescent"`` (PyNNDescent's graph, re-scored exactly; needs
             ``pip install pynndescent``).
     """
 
     extra: int | None = None
-    fan: int = 4
+    fan: int = 2
     rounds: int = 2
     num_random: int = 4
     check_queries: int = 500
-    min_start_recall: float = 0.5
+    min_start_recall: float = 0.85
     min_recall: float = 0.9
     chunk_rows: int | None = None
     cold: str = "index"
