@@ -170,6 +170,8 @@ def child(args) -> None:
         return
     _, y = case_embeddings(args)
     previous = torch.load(graph_path)
+    width = previous.shape[1] - 1
+    previous = _drop_own(previous, width)  # last epoch's lists as the miners keep them: before the clock
     base, k = _rss_mb(), args.k
     start, cpu = time.perf_counter(), time.process_time()
     report = {}
@@ -177,8 +179,10 @@ def child(args) -> None:
         _, indices = EmbeddingIndex("hnsw", num_threads=args.threads, seed=0).build(y).knn_all(k)
     else:
         index = EmbeddingIndex("hnsw", num_threads=args.threads, seed=0)
-        _, indices = index.refresh(y, k, previous=_drop_own(previous, previous.shape[1] - 1))
-        report = {**index.last_refresh, "previous_width": previous.shape[1] - 1}
+        _, indices = index.refresh(y, k, previous=previous, **json.loads(args.refresh_params))
+        report = {**index.last_refresh, "previous_width": width}
+        if json.loads(args.refresh_params):
+            args.method = f"refresh {args.refresh_params}"
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     print(json.dumps(_row(args, args.method, wall, cpu, None, y, indices, base, report)), flush=True)
 
@@ -276,8 +280,9 @@ def run_cases(args, cases) -> list[dict]:
                 str(args.threads), "--queries", str(args.queries)] + case
         base += ["--skip-init-graph"] if args.skip_init_graph else []
         base += ["--own-previous"] if args.own_previous else []
+        base += ["--refresh-params", args.refresh_params]
         # PyNNDescent first: it also builds (and caches) last epoch's graph for the others.
-        first = ["prepare"] if args.own_previous else ["pynndescent"]
+        first = ["prepare"] if args.own_previous or args.reuse_previous else ["pynndescent"]
         for method in first + [m for m in args.methods if not m.startswith("pynndescent")]:
             out = subprocess.run(base + ["--method", method], capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -308,6 +313,9 @@ def incremental(argv) -> None:
     parser.add_argument("--skip-init-graph", action="store_true", help="PyNNDescent cold only (saves time at 1M)")
     parser.add_argument("--own-previous", action="store_true",
                         help="no PyNNDescent: last epoch's graph by own_previous_graph (N=1M on a loaded machine)")
+    parser.add_argument("--reuse-previous", action="store_true",
+                        help="no PyNNDescent rows: reuse the cached last epoch's graph of an earlier run")
+    parser.add_argument("--refresh-params", default="{}", help="JSON of EmbeddingIndex.refresh settings")
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -344,6 +352,7 @@ def main(argv=None) -> None:
     parser.add_argument("--glyph-epoch", type=int, default=2, choices=range(2, GLYPH_EPOCHS + 1))
     parser.add_argument("--skip-init-graph", action="store_true")
     parser.add_argument("--own-previous", action="store_true")
+    parser.add_argument("--refresh-params", default="{}")
     parser.add_argument("--method", default=None)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--dim", type=int, default=64)

@@ -57,7 +57,7 @@ class RefreshParams:
     fan: int = 2
     rounds: int = 2
     num_random: int = 4
-    check_queries: int = 500
+    check_queries: int = 256
     min_start_recall: float = 0.85
     min_recall: float = 0.9
     chunk_rows: int | None = None
@@ -188,7 +188,8 @@ def _check_previous(graph, num_points: int, name: str) -> torch.Tensor | None:
     if graph.shape[0] != num_points:
         return None  # a different set of points: nothing to refresh from
     graph = graph.detach().cpu().long()
-    if graph.numel() and (int(graph.min()) < 0 or int(graph.max()) >= num_points):
+    low, high = graph.aminmax() if graph.numel() else (0, 0)
+    if int(low) < 0 or int(high) >= num_points:
         raise ValueError(f"{name} holds indices outside [0, {num_points})")
     return graph
 
