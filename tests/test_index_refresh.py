@@ -297,3 +297,27 @@ def test_refresh_runs_with_the_index_thread_count_and_restores_it():
     finally:
         torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])
+
+
+def test_a_full_build_worse_than_the_refresh_is_not_kept(monkeypatch):
+    """An approximate cold method can do far worse than the descent (HNSW at N=1M on the
+    isotropic data); then the refreshed lists are returned, computed even though the kept
+    lists were below min_start_recall."""
+    import pml_ext.index.index_refresh as index_refresh
+
+    x = clustered()
+    index = warm_index(x)
+    y = drift(x, 0.2)
+    gen = torch.Generator().manual_seed(0)
+
+    def poor_cold_build(index, embeddings, labels, width, settings):
+        lists = torch.randint(0, N, (N, width), generator=gen)
+        return torch.zeros(N, width), lists, False
+
+    monkeypatch.setattr(index_refresh, "_full_build", poor_cold_build)
+    distances, indices = index.refresh(y, K, min_start_recall=1.0)
+    report = index.last_refresh
+    assert report["mode"] == "incremental" and report["gained"]
+    assert report["reason"] == "previous lists too far from the new exact ones; the full build's recall was lower"
+    assert report["recall"] >= 0.9 and recall(indices, exact_knn(y, K)[1]) >= 0.9
+    assert torch.equal(index.graph[:, :K], indices) or recall(index.graph[:, :K], indices) == 1.0

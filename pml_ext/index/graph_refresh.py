@@ -27,9 +27,9 @@ import torch
 
 __all__ = ["refine_graph", "CandidateScorer"]
 
-# Gathered elements per chunk (~16 MB in float32). Measured at N=100k, one thread
-# (benchmarks/results/index_refresh.md): 64 MB blocks made the gathers ~3x slower than
-# blocks that stay in the 32 MB L3 cache while the batched products read them back.
+# Gathered elements per chunk (~16 MB in float32). Measured at N=100k, 2 threads
+# (benchmarks/results/index_refresh.md): 37-73 MB blocks made the whole descent 1.6-1.7x
+# slower than 9-18 MB ones, which stay in the 32 MB L3 cache while the products read them.
 _GATHER_ELEMENTS = 4_000_000
 
 
