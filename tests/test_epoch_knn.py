@@ -62,8 +62,8 @@ def test_hard_neighbor_sampler_refresh_gives_the_cold_build_negatives():
         cold.update(embeddings)
     assert warm.ann_incremental == 1.0 and cold.ann_incremental == 0.0
     assert "ann_recall" in warm._record_these
-    # The check samples min(500, N) = all N points: recall 1 means every refreshed list
-    # holds the exact neighbours, so the negatives drawn from them are the cold build's.
+    # The sampled recall is 1 and, the oracle, the negatives drawn from the refreshed lists
+    # are the cold build's.
     assert warm.ann_recall == 1.0
     assert torch.equal(warm.hard_negatives, cold.hard_negatives)
     assert list(warm) == list(cold)
@@ -95,3 +95,10 @@ def test_the_kept_graph_survives_state_dict_so_a_resumed_refresh_equals_the_unin
         resumed.load_state_dict({"graph": torch.zeros(3, 2), "count": 0})
     with pytest.raises(ValueError, match="count"):
         resumed.load_state_dict({"graph": None, "count": -1})
+    # The drift rule's memory of a poor full build travels with the state.
+    state = {**through.state_dict(), "full_recall": 0.25}
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["full_recall"] == 0.25 == resumed.index.last_refresh["full_recall"]
+    for bad in (1.5, "high", True):
+        with pytest.raises(ValueError, match="full_recall"):
+            resumed.load_state_dict({**state, "full_recall": bad})

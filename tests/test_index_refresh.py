@@ -310,7 +310,10 @@ def test_a_full_build_worse_than_the_refresh_is_not_kept(monkeypatch):
     y = drift(x, 0.2)
     gen = torch.Generator().manual_seed(0)
 
+    builds = []
+
     def poor_cold_build(index, embeddings, labels, width, settings):
+        builds.append(1)
         lists = torch.randint(0, N, (N, width), generator=gen)
         return torch.zeros(N, width), lists, False
 
@@ -321,3 +324,9 @@ def test_a_full_build_worse_than_the_refresh_is_not_kept(monkeypatch):
     assert report["reason"] == "previous lists too far from the new exact ones; the full build's recall was lower"
     assert report["recall"] >= 0.9 and recall(indices, exact_knn(y, K)[1]) >= 0.9
     assert torch.equal(index.graph[:, :K], indices) or recall(index.graph[:, :K], indices) == 1.0
+    assert len(builds) == 1 and report["full_recall"] < 0.1
+    # The next epoch does not pay for the poor cold method again while the refresh beats it.
+    index.refresh(drift(y, 0.2, seed=2), K, min_start_recall=1.0)
+    assert len(builds) == 1 and index.last_refresh["mode"] == "incremental"
+    assert index.last_refresh["reason"] == "previous lists too far from the new exact ones; an earlier full build did worse"
+    assert index.last_refresh["full_recall"] == report["full_recall"]

@@ -27,8 +27,9 @@ class EpochKnn:
     ``ann_quality`` of the returned lists against exact search; NaN before the first
     refresh and with ``incremental=False``) and ``ann_incremental`` (1.0 when the lists were refreshed, 0.0 when built).
 
-    ``state_dict`` holds the previous graph and the refresh count (which seeds the refresh's
-    random candidates), so a resumed run refreshes exactly as the uninterrupted one.
+    ``state_dict`` holds the previous graph, the refresh count (which seeds the refresh's
+    random candidates) and the last full build's sampled recall (the drift rule's memory),
+    so a resumed run refreshes exactly as the uninterrupted one.
     """
 
     RECORDS = ("ann_recall", "ann_relative_distance_error", "ann_incremental")
@@ -65,7 +66,7 @@ class EpochKnn:
     def state_dict(self) -> dict:
         """The kept graph (``LongTensor[N, w]`` or ``None``), the refresh count and the records."""
         return {"graph": self.index.graph, "count": int(self.index.last_refresh.get("count", 0)),
-                **self.records()}
+                "full_recall": self.index.last_refresh.get("full_recall"), **self.records()}
 
     def load_state_dict(self, state: dict) -> None:
         graph = state.get("graph")
@@ -74,7 +75,11 @@ class EpochKnn:
         count = state.get("count", 0)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"state['count'] must be an int >= 0, got {count!r}")
+        full_recall = state.get("full_recall")
+        if full_recall is not None and (isinstance(full_recall, bool) or not isinstance(full_recall, (int, float))
+                                        or not 0.0 <= full_recall <= 1.0):
+            raise ValueError(f"state['full_recall'] must be None or a recall in [0, 1], got {full_recall!r}")
         self.index.graph = None if graph is None else graph.long().cpu()
-        self.index.last_refresh = {"count": count}
+        self.index.last_refresh = {"count": count, "full_recall": full_recall}
         for name in self.RECORDS:
             setattr(self, name, float(state.get(name, getattr(self, name))))

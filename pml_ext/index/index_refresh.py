@@ -10,7 +10,8 @@ The rule (docs/index.md, "Incremental refresh"):
    recall@k is below ``min_recall``: full build.
 4. A full build whose sampled recall is below ``min_recall`` (an approximate cold method
    on hard data) is kept only if the refreshed lists (computed now if step 2 skipped
-   them) do no better; else the refreshed lists are returned.
+   them) do no better; else the refreshed lists are returned. Its recall is remembered:
+   later refreshes skip the full build while their lists do at least as well.
 
 Whatever path was taken, the result's sampled recall@k and relative distance error
 against the exact answer (``ann_quality``) are recorded in ``index.last_refresh``.
@@ -109,7 +110,8 @@ def refresh_index(index: "EmbeddingIndex", embeddings: torch.Tensor, k: int, pre
     count = int(index.last_refresh.get("count", 0))
     rows = sample_rows(num_points, min(settings.check_queries, num_points), index.seed + count)
     (exact_raw, exact_idx), _ = exact_rows(index, rows, k)
-    report: dict[str, Any] = {"count": count + 1, "previous_recall": None, "gained": []}
+    report: dict[str, Any] = {"count": count + 1, "previous_recall": None, "gained": [],
+                              "full_recall": index.last_refresh.get("full_recall")}
     if kept is not None:
         report["previous_recall"] = _recall(kept[rows], exact_idx)
     refine = lambda: _refine(index, data, kept, width, k, settings, count)  # noqa: E731
@@ -133,9 +135,12 @@ def _choose_lists(index, embeddings, labels, width, settings, report, refine, sa
 
     A full build replaces the refreshed lists only when its sampled recall is higher: with
     an approximate cold method on hard data it can be far lower (measured at N=1M,
-    isotropic: HNSW 0.30 against the refresh's 0.82, benchmarks/results/index_refresh.md).
+    isotropic: HNSW 0.30 in 446 s against the refresh's 0.82 in 22 s,
+    benchmarks/results/index_refresh.md). Such a poor build's recall is remembered
+    (``report["full_recall"]``), and no full build is tried again while the refreshed
+    lists do at least as well.
     """
-    refreshed = None
+    refreshed, last_full = None, report["full_recall"]
     if report["previous_recall"] is None:
         reason = "no previous graph"
     elif report["previous_recall"] < settings.min_start_recall:
@@ -146,13 +151,18 @@ def _choose_lists(index, embeddings, labels, width, settings, report, refine, sa
         if sampled(refreshed[1]) >= settings.min_recall:
             return refreshed[0], refreshed[1], False, "incremental", None
         reason = "refreshed lists below min_recall"
+    poor_cold = last_full is not None and last_full < settings.min_recall
+    if report["previous_recall"] is not None and poor_cold:
+        refreshed = refreshed or refine()
+        report["gained"] = refreshed[2]
+        if sampled(refreshed[1]) >= last_full:
+            return refreshed[0], refreshed[1], False, "incremental", f"{reason}; an earlier full build did worse"
     raw, graph, finished = _full_build(index, embeddings, labels, width, settings)
-    full_recall = sampled(graph)
+    report["full_recall"] = full_recall = sampled(graph)
     if report["previous_recall"] is None or full_recall >= settings.min_recall:
         return raw, graph, finished, "full", reason
-    if refreshed is None:  # the cold method did poorly: see whether the descent does better
-        refreshed = refine()
-        report["gained"] = refreshed[2]
+    refreshed = refreshed or refine()  # the cold method did poorly: see whether the descent does better
+    report["gained"] = refreshed[2]
     if sampled(refreshed[1]) > full_recall:
         return refreshed[0], refreshed[1], False, "incremental", f"{reason}; the full build's recall was lower"
     return raw, graph, finished, "full", reason
