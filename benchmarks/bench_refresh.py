@@ -59,17 +59,16 @@ def glyph_epochs(epochs: int = 2, seed: int = 0):
 
     sys.path.insert(0, str(ROOT))
     from pml_ext import GlyphCNN, glyphs_split
+    from pml_ext.utils.inference import compute_embeddings
 
     torch.manual_seed(seed)
     train, _, _ = glyphs_split(seed=seed)
-    labels = torch.as_tensor([int(train[i][1]) for i in range(len(train))]) if not hasattr(train, "labels") \
-        else torch.as_tensor(train.labels)
+    labels = train.labels
     model = torch.nn.Sequential(GlyphCNN(), torch.nn.Linear(128, 64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn, miner = losses.TripletMarginLoss(margin=0.1), miners.TripletMarginMiner(margin=0.1)
     sampler = samplers.MPerClassSampler(labels, m=4, batch_size=64, length_before_new_iter=len(train))
     loader = torch.utils.data.DataLoader(train, batch_size=64, sampler=sampler)
-    plain = torch.utils.data.DataLoader(train, batch_size=512, shuffle=False)
     snapshots = []
     for _ in range(epochs):
         model.train()
@@ -79,9 +78,8 @@ def glyph_epochs(epochs: int = 2, seed: int = 0):
             opt.zero_grad()
             loss.backward()
             opt.step()
-        model.eval()
-        with torch.no_grad():
-            snapshots.append(torch.nn.functional.normalize(torch.cat([model(b) for b, _ in plain]), dim=1))
+        embeddings, _ = compute_embeddings(model, train, batch_size=512)
+        snapshots.append(torch.nn.functional.normalize(embeddings, dim=1))
     return snapshots
 
 

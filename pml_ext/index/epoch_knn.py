@@ -64,7 +64,8 @@ class EpochKnn:
         return {name: getattr(self, name) for name in self.RECORDS}
 
     def state_dict(self) -> dict:
-        """The kept graph (``LongTensor[N, w]`` or ``None``), the refresh count and the records."""
+        """The kept graph (``LongTensor[N, w]`` or ``None``), the refresh count, the last full
+        build's sampled recall (or ``None``) and the records."""
         return {"graph": self.index.graph, "count": int(self.index.last_refresh.get("count", 0)),
                 "full_recall": self.index.last_refresh.get("full_recall"), **self.records()}
 

@@ -62,7 +62,7 @@ class CandidateScorer:
         score, so a top-k of the row never returns them.
         """
         gathered = torch.index_select(self.table, 0, candidates.flatten()).view(*candidates.shape, -1)
-        # einsum, not bmm: measured 2x faster for these [R, C, d+1] x [R, d+1] shapes.
+        # einsum, not bmm: bmm was the slower of the two for these [R, C, d+1] x [R, d+1] shapes.
         scores = torch.einsum("rd,rcd->rc", self._queries(rows), gathered)
         sorted_ids, order = torch.sort(candidates, dim=1, stable=True)
         repeat = torch.zeros_like(candidates, dtype=torch.bool)

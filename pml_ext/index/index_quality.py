@@ -22,8 +22,7 @@ __all__ = ["index_quality", "true_ranks", "exact_rows", "brute_force_raw", "samp
 
 # Rows of a full [rows, N] distance block per chunk in true_ranks (~64 MB in float32).
 _BLOCK_ELEMENTS = 16_000_000
-# Data rows per block of the brute-force search (measured at N=1M, 500 queries: blocks of
-# 8k columns 1.4x slower, more top-k calls; 32k about as fast as 64k).
+# Data rows per block of the brute-force search: [Q, 32k] score blocks (32 MB at Q=256).
 _EXACT_BLOCK_COLUMNS = 32_768
 
 
@@ -52,9 +51,9 @@ def brute_force_raw(data: torch.Tensor, data_sq: torch.Tensor, q: torch.Tensor, 
     ``(raw: Tensor[Q, k], indices: LongTensor[Q, k])``, squared L2 ascending or inner
     product descending, as FAISS's flat index gives them.
 
-    Column blocks of one matrix product and a top-k each. Measured (2 cores, d=64, 500
-    queries): FAISS's ``IndexFlat.search`` took 1.7 s at N=100k and 17.5 s at N=1M with one
-    thread, this 0.9 s and 3.5-8.5 s (benchmarks/results/index_refresh.md).
+    Column blocks of one matrix product and a top-k each. Measured (2 threads, d=64, 500
+    queries, same lists): FAISS's ``IndexFlat.search`` took 1.07 s at N=100k and 8.57 s at
+    N=1M, this 0.33 s and 3.19 s (benchmarks/results/index_refresh.md, "exact").
     """
     k = min(k, data.shape[0])
     values, found = [], []
