@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "Digits": "datasets", "digits_split": "datasets", "Glyphs": "datasets", "glyphs_split": "datasets",
-    "MLP": "models", "GlyphCNN": "models",
+    "MLP": "models", "GlyphCNN": "models", "GlyphPoolCNN": "models",
     "EpochSampler": "samplers.epoch_sampler",
     "DistributedShardSampler": "samplers.distributed_shard_sampler",
     "HardNeighborSampler": "samplers.hard_neighbor_sampler",

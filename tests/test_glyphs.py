@@ -206,11 +206,15 @@ def test_glyph_cnn_shapes_and_errors():
         pml_ext.GlyphCNN(channels=[])
 
 
-def test_glyph_cnn_channels_last_matches_a_plain_nchw_stack():
+@pytest.mark.parametrize("make_trunk", [
+    lambda: pml_ext.GlyphCNN(channels=[8, 16], strides=[2, 1]),
+    lambda: pml_ext.GlyphPoolCNN(channels=[6, 8, 8], pools=[True, False, True]),
+], ids=["GlyphCNN", "GlyphPoolCNN"])
+def test_glyph_trunks_in_channels_last_match_a_plain_nchw_stack(make_trunk):
     """The NHWC layout is a speed choice only: outputs and gradients equal a plain NCHW
     Sequential built from the same weights (float64, eval and train mode)."""
     torch.manual_seed(0)
-    model = pml_ext.GlyphCNN(channels=[8, 16], strides=[2, 1]).double()
+    model = make_trunk().double()
     reference = torch.nn.Sequential(*[copy.deepcopy(m) for m in model]).double()
     for p in reference.parameters():
         p.data = p.data.contiguous()

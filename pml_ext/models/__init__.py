@@ -1,2 +1,3 @@
 from .mlp import MLP
 from .glyph_cnn import GlyphCNN
+from .glyph_pool_cnn import GlyphPoolCNN
