@@ -30,9 +30,14 @@ def test_smart_miner_refreshes_from_its_second_update_and_records_quality():
     assert math.isnan(miner.ann_recall)
     miner.update(first, labels)
     assert miner.ann_incremental == 0.0 and miner.ann_recall == 1.0  # the exact cold build
-    lists = []
-    epoch_knn, knn_all = miner._epoch_knn, miner._epoch_knn.knn_all
-    epoch_knn.knn_all = lambda *args, **kwargs: lists.append(knn_all(*args, **kwargs)) or lists[-1]
+    lists, epoch_knn = [], miner._epoch_knn
+    knn_all = epoch_knn.knn_all
+
+    def recording_knn_all(*args, **kwargs):  # keeps the refreshed lists for the recount below
+        lists.append(knn_all(*args, **kwargs))
+        return lists[-1]
+
+    epoch_knn.knn_all = recording_knn_all
     cold.update(first, labels)
     for m in (miner, cold):
         m.update(second, labels)
@@ -57,7 +62,8 @@ def test_smart_miner_without_refresh_builds_every_epoch():
 def test_smart_batch_sampler_copies_the_miners_records_and_gives_the_cold_build_epoch():
     labels, first, second = epochs()
     samplers = [SmartBatchSampler(SmartMiner(k=10, index_method="exact", batch_layout=True, incremental=incremental),
-                                  batch_size=30, warmup_epochs=0, labels=labels, seed=4) for incremental in (True, False)]
+                                  batch_size=30, warmup_epochs=0, labels=labels, seed=4)
+                for incremental in (True, False)]
     warm, cold = samplers
     assert "ann_recall" in warm._record_these
     for embeddings in (first, second):
