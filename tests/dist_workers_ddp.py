@@ -10,7 +10,7 @@ from pml_ext.runner import ComparisonRunner, ConfigReader, default_registry
 from pml_ext.runner.object_factory import ObjectFactory
 from pml_ext.runner.run_distribution import distributed_loss, distributed_miner, wrap_models_for_ddp
 
-STEPS, PER_RANK_TRIPLETS = 3, 8
+STEPS, PER_RANK_TRIPLETS, LR = 3, 8, 0.05
 
 
 def method_objects(key):
@@ -45,12 +45,16 @@ def models():
 
 
 def train(key, rank, world_size, distributed):
-    """STEPS Adam steps of the method: world 2 on each rank's share of every batch (rows
+    """STEPS plain SGD steps of the method: world 2 on each rank's share of every batch (rows
     ``rank * 3T ... (rank + 1) * 3T``), or one process (``distributed=False``) on the whole
-    concatenated batch. Returns the plain (unwrapped) models."""
+    concatenated batch. Returns the plain (unwrapped) models.
+
+    SGD, not Adam: Adam's step hardly changes when every gradient is scaled by a constant, so
+    a lost or doubled world-size factor (DDP averages the ranks' gradients, PML's loss wrapper
+    multiplies by the world size) would not show in the weights; under SGD it scales the step."""
     losses, miners = method_objects(key)
     trainer = types.SimpleNamespace(models=models(), loss_funcs=losses)
-    optimizer = torch.optim.Adam([p for m in trainer.models.values() for p in m.parameters()], lr=0.01)
+    optimizer = torch.optim.SGD([p for m in trainer.models.values() for p in m.parameters()], lr=LR)
     miner = miners.get("tuple_miner")
     plain = trainer.models
     if distributed:

@@ -1,4 +1,6 @@
 """pml_ext under torch.distributed: gloo on CPU, world size 2, spawned processes."""
+import re
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -23,6 +25,10 @@ def test_ranks_gather_identical_training_set_in_dataset_order(tmp_path):
 def test_a_failing_rank_makes_the_others_exit_with_an_error(tmp_path):
     with pytest.raises(mp.ProcessRaisedException, match="rank 1 failed on purpose"):
         run_world(failing_worker, str(tmp_path), timeout_seconds=5)
+    # Rank 0 was not killed in its collective nor left hanging there: it got gloo's error
+    # about the lost peer and wrote it before exiting.
+    error = (tmp_path / "rank0_error.txt").read_text()
+    assert re.search(r"closed by peer|timed? ?out", error, re.IGNORECASE), error
 
 
 @pytest.mark.parametrize("num_samples, batch_size, world_size", [(64, 8, 2), (70, 8, 2), (70, 8, 3), (5, 8, 2)])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from knn_oracles import relative_distance_error
 from pml_ext import HardNeighborSampler, SmartBatchSampler, SmartMiner
 
 N, D = 400, 8
@@ -23,16 +24,31 @@ def epochs(seed=0):
 def test_smart_miner_refreshes_from_its_second_update_and_records_quality():
     labels, first, second = epochs()
     miner = SmartMiner(k=10, index_method="exact", seed=3)
+    cold = SmartMiner(k=10, index_method="exact", seed=3, incremental=False)
     for name in ("ann_recall", "ann_relative_distance_error", "ann_incremental"):
         assert name in miner._record_these
     assert math.isnan(miner.ann_recall)
     miner.update(first, labels)
     assert miner.ann_incremental == 0.0 and miner.ann_recall == 1.0  # the exact cold build
-    miner.update(second, labels)
+    lists, epoch_knn = [], miner._epoch_knn
+    knn_all = epoch_knn.knn_all
+
+    def recording_knn_all(*args, **kwargs):  # keeps the refreshed lists for the recount below
+        lists.append(knn_all(*args, **kwargs))
+        return lists[-1]
+
+    epoch_knn.knn_all = recording_knn_all
+    cold.update(first, labels)
+    for m in (miner, cold):
+        m.update(second, labels)
     assert miner.ann_incremental == 1.0
-    assert miner._epoch_knn.index.last_refresh["mode"] == "incremental"
-    assert miner.ann_recall == miner._epoch_knn.index.last_refresh["recall"] > 0.95
-    assert miner.ann_relative_distance_error >= -1e-6
+    assert epoch_knn.index.last_refresh["mode"] == "incremental"
+    assert miner.ann_recall == epoch_knn.index.last_refresh["recall"] > 0.95
+    # The recorded error, recounted by brute force on the same sampled rows (seed 3 + 1 refresh).
+    assert miner.ann_relative_distance_error == pytest.approx(
+        relative_distance_error(second, lists[0][1], 10, 3 + 1, miner.distance), rel=1e-3, abs=1e-7)
+    # The oracle: the triplets mined from the refreshed lists are the cold build's.
+    assert all(torch.equal(w, c) for w, c in zip(miner.triplets, cold.triplets))
 
 
 def test_smart_miner_without_refresh_builds_every_epoch():
@@ -43,14 +59,20 @@ def test_smart_miner_without_refresh_builds_every_epoch():
     assert miner.ann_incremental == 0.0 and math.isnan(miner.ann_recall)
 
 
-def test_smart_batch_sampler_copies_the_miners_records():
+def test_smart_batch_sampler_copies_the_miners_records_and_gives_the_cold_build_epoch():
     labels, first, second = epochs()
-    miner = SmartMiner(k=10, index_method="exact", batch_layout=True)
-    sampler = SmartBatchSampler(miner, batch_size=30, warmup_epochs=0, labels=labels)
-    assert "ann_recall" in sampler._record_these
-    sampler.update(first, labels)
-    sampler.update(second, labels)
-    assert sampler.ann_incremental == 1.0 and sampler.ann_recall == miner.ann_recall
+    samplers = [SmartBatchSampler(SmartMiner(k=10, index_method="exact", batch_layout=True, incremental=incremental),
+                                  batch_size=30, warmup_epochs=0, labels=labels, seed=4)
+                for incremental in (True, False)]
+    warm, cold = samplers
+    assert "ann_recall" in warm._record_these
+    for embeddings in (first, second):
+        for sampler in samplers:
+            sampler.update(embeddings, labels)
+    assert warm.ann_incremental == 1.0 and warm.ann_recall == warm.miner.ann_recall
+    assert cold.ann_incremental == 0.0
+    # The oracle: the refreshed epoch is the cold build's, batch for batch.
+    assert list(warm) == list(cold)
 
 
 def test_hard_neighbor_sampler_refresh_gives_the_cold_build_negatives():

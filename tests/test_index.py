@@ -3,6 +3,8 @@
 Oracles: PML's own distance classes on the same inputs (the full matrix, then topk) for
 the exact index; brute force for recall; hand-computed cases for ann_quality.
 """
+import types
+
 import faiss
 import pytest
 import torch
@@ -16,6 +18,7 @@ from pytorch_metric_learning.distances import (
 import pml_ext
 from pml_ext import EmbeddingIndex
 from pml_ext.index import embedding_index as ei_module
+from pml_ext.index import index_quality as iq_module
 from pml_ext.utils import ann_quality
 from pml_ext.utils.inference import compute_embeddings
 
@@ -150,7 +153,7 @@ def test_approximate_search_fills_short_rows_exactly():
     assert not bool((indices == torch.arange(200).unsqueeze(1)).any())
 
 
-def test_quality_of_exact_is_perfect_and_of_approx_matches_brute_force():
+def test_quality_of_exact_is_perfect_and_of_approx_matches_brute_force(monkeypatch):
     x, labels = clustered(n=2000)
     perfect = EmbeddingIndex("exact").build(x).quality(8, num_queries=100)
     assert perfect["recall"] == perfect["precision"] == 1.0
@@ -159,14 +162,19 @@ def test_quality_of_exact_is_perfect_and_of_approx_matches_brute_force():
     assert not perfect["position_error_is_lower_bound"]
 
     weak = EmbeddingIndex("hnsw", M=4, efSearch=8, seed=3).build(x)
+    # A clock read at the approximate search's start and end (2 s), then the exact one's (6 s).
+    clock = iter([100.0, 102.0, 110.0, 116.0])
+    monkeypatch.setattr(iq_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     q = weak.quality(8, num_queries=150)
+    monkeypatch.undo()
     rows = torch.randperm(2000, generator=torch.Generator().manual_seed(3))[:150]
     _, approx = weak.knn_all(8)
     _, _, exact = oracle_knn(LpDistance(), x, x, 8, exclude_self=True)
     recall = (approx[rows].unsqueeze(2) == exact[rows].unsqueeze(1)).any(2).double().mean().item()
     assert q["recall"] == pytest.approx(recall, abs=1e-9)
     assert q["recall"] < 1.0 and q["relative_distance_error"] > 0 and q["position_error"] > 0
-    assert q["improvement_in_efficiency"] > 0 and q["num_queries"] == 150 and q["method"] == "hnsw"
+    assert q["improvement_in_efficiency"] == 3.0  # exact time / approximate time
+    assert q["num_queries"] == 150 and q["method"] == "hnsw"
     assert all(isinstance(q[key], float) for key in ("recall", "precision", "position_error"))
 
 
