@@ -26,7 +26,9 @@ from pytorch_metric_learning.utils.inference import FaissKNN
 from ..utils.checks import check_embeddings, check_int, check_labels
 from ..utils.threads import thread_count
 from .faiss_params import METHODS, check_faiss_params, check_for_data, check_num_threads, check_seed
-from .index_quality import _as_faiss_input, drop_self, index_quality, true_ranks
+from ._faiss_ops import IndexedPoints, as_faiss_input, check_k, drop_self
+from .index_quality import index_quality, true_ranks
+from .index_refresh import RefreshParams, previous_lists, refresh_index
 
 __all__ = ["EmbeddingIndex"]
 
@@ -43,10 +45,6 @@ AUTO_EXACT_MAX_POINTS = 70_000
 # IVF cannot reach that recall there at a useful cost; its defaults favour speed.
 HNSW_DEFAULTS = {"M": 16, "efConstruction": 48, "efSearch": 40}
 IVF_DEFAULTS = {"nlist": None, "nprobe": 16, "niter": 10, "max_points_per_centroid": 64}
-
-# Rows of gathered (query, neighbour) pairs per chunk when re-computing distances, so
-# that the [rows, k, d] difference tensor stays near 64 MB in float32.
-_PAIR_CHUNK_ELEMENTS = 16_000_000
 
 
 class EmbeddingIndex:
@@ -71,6 +69,8 @@ class EmbeddingIndex:
     Attributes:
         num_points: ``N``, the number of indexed points (0 before ``build``).
         labels: ``LongTensor[N]`` given to ``build``, or ``None``.
+        points: the indexed data as every search reads it (``IndexedPoints``: normalised
+            CPU ``data: Tensor[N, d]`` and its squared norms), ``None`` before ``build``.
         resolved_method: the method actually used (``"auto"`` resolved at ``build``).
     """
 
@@ -91,7 +91,7 @@ class EmbeddingIndex:
         self.resolved_method: str | None = None
         self.num_points = 0
         self.labels: torch.Tensor | None = None
-        self._data: torch.Tensor | None = None
+        self.points: IndexedPoints | None = None
         self._knn: FaissKNN | None = None
         self.build_time = 0.0
         # Last refresh's extended neighbour lists (LongTensor[N, width]) and its report.
@@ -113,7 +113,7 @@ class EmbeddingIndex:
             # gets the data too because IVF must learn its cells before anything is added.
             knn = FaissKNN(reset_before=False, reset_after=False,
                            index_init_fn=lambda d: self._new_faiss_index(method, d, data))
-            knn.train(_as_faiss_input(data))
+            knn.train(as_faiss_input(data))
         self.build_time = time.perf_counter() - start
         self._knn = knn
         self.resolved_method = method
@@ -121,20 +121,16 @@ class EmbeddingIndex:
 
     def _set_data(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Check and keep the (normalised, CPU) data and labels; drops any FAISS index."""
-        check_embeddings(embeddings, "embeddings")
-        num_points, dim = embeddings.shape
-        if labels is not None:
-            check_labels(labels, num_points)
-        data = embeddings.detach().cpu()
-        if data.dtype not in (torch.float32, torch.float64):
-            data = data.float()  # half precision: FAISS and the distance checks need float32
-        data = self.distance.maybe_normalize(data)
+        self.points = IndexedPoints(embeddings, labels, self.distance)
         self._knn = None
-        self._data = data
-        self._data_sq = (data ** 2).sum(1)
-        self.num_points, self.dim = num_points, dim
-        self.labels = None if labels is None else labels.detach().cpu().long()
-        return data
+        self.num_points, self.dim = self.points.num_points, self.points.dim
+        self.labels = self.points.labels
+        return self.points.data
+
+    @property
+    def _data(self) -> torch.Tensor | None:
+        """The indexed ``Tensor[N, d]`` as searched (``points.data``), ``None`` before ``build``."""
+        return None if self.points is None else self.points.data
 
     def _new_faiss_index(self, method: str, dim: int, data: torch.Tensor):
         if method == "exact":
@@ -158,7 +154,7 @@ class EmbeddingIndex:
         index.cp.max_points_per_centroid = int(params["max_points_per_centroid"])
         # Fewer than 39 points per cell only makes k-means warn; it still works.
         index.cp.min_points_per_centroid = 1
-        index.train(_as_faiss_input(data))
+        index.train(as_faiss_input(data))
         return index
 
     # ------------------------------------------------------------------ searching
@@ -179,9 +175,9 @@ class EmbeddingIndex:
         if queries.shape[1] != self.dim:
             raise ValueError(f"queries must have {self.dim} columns like the indexed embeddings, "
                              f"got shape {tuple(queries.shape)}")
-        k = _check_k(k, self.num_points, "search", self.num_points)
-        q = self.distance.maybe_normalize(queries.detach().cpu()).to(self._data.dtype)
-        distances, indices = self._finish(q, *self._faiss_search(q, k), exclude=None)
+        k = check_k(k, self.num_points, "search", self.num_points)
+        q = self.distance.maybe_normalize(queries.detach().cpu()).to(self.points.data.dtype)
+        distances, indices = self.points.finish(q, *self._faiss_search(q, k), exclude=None)
         return distances.to(queries.device), indices.to(queries.device)
 
     def knn_all(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,10 +188,11 @@ class EmbeddingIndex:
         nearest first, in the PML distance's units.
         """
         self._require_built()
-        k = _check_k(k, self.num_points - 1, "knn_all", self.num_points)
+        k = check_k(k, self.num_points - 1, "knn_all", self.num_points)
         own = torch.arange(self.num_points)
-        raw, indices = drop_self(*self._faiss_search(self._data, k + 1), own)
-        return self._finish(self._data, raw, indices, exclude=own)
+        data = self.points.data
+        raw, indices = drop_self(*self._faiss_search(data, k + 1), own)
+        return self.points.finish(data, raw, indices, exclude=own)
 
     def _faiss_search(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self._knn.index
@@ -205,60 +202,8 @@ class EmbeddingIndex:
         elif self.resolved_method == "ivf":
             index.nprobe = min(int({**IVF_DEFAULTS, **self.faiss_params}["nprobe"]), index.nlist)
         with self._threads():
-            distances, indices = index.search(_as_faiss_input(q), k)
+            distances, indices = index.search(as_faiss_input(q), k)
         return torch.as_tensor(distances), torch.as_tensor(indices).long()
-
-    def _finish(self, q: torch.Tensor, raw: torch.Tensor, indices: torch.Tensor,
-                exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """FAISS's ``(raw: Tensor[Q, k], indices)`` -> distances in PML units, sorted."""
-        recompute = torch.zeros(indices.shape, dtype=torch.bool)
-        # Approximate indices pad with -1 when a query reaches fewer than k points;
-        # those (rare) rows are answered exactly so every row holds k real neighbours.
-        short = (indices < 0).any(dim=1).nonzero().flatten()
-        if short.numel() > 0:
-            indices[short] = self._brute_force(q[short], indices.shape[1],
-                                               None if exclude is None else exclude[short])
-            recompute[short] = True
-        if self._data.dtype != torch.float32:
-            recompute[:] = True  # FAISS works in float32: give float64 input float64 values
-        elif not self.distance.is_inverted:
-            # FAISS's L2 is |q|^2 + |x|^2 - 2<q, x> in float32: near 0 (duplicates) the
-            # cancellation leaves ~1e-7 * scale, i.e. distances of ~1e-3 instead of 0. Only
-            # there is the difference form re-computed; elsewhere FAISS's value is exact enough.
-            scale = (q ** 2).sum(1, keepdim=True) + self._data_sq[indices.clamp(min=0)]
-            recompute |= raw < 1e-3 * scale
-        values = raw.to(self._data.dtype)
-        if not self.distance.is_inverted:
-            values = values.clamp(min=0).sqrt()
-        rows, cols = recompute.nonzero(as_tuple=True)
-        if rows.numel() > 0:
-            values[rows, cols] = self._pair_values(q, rows, indices[rows, cols])
-        if not self.distance.is_inverted and self.distance.power != 1:
-            values = values ** self.distance.power
-        return _sort_rows(values, indices, descending=self.distance.is_inverted)
-
-    def _pair_values(self, q: torch.Tensor, q_rows: torch.Tensor, data_rows: torch.Tensor) -> torch.Tensor:
-        """L2 distance (or inner product) of ``q[q_rows[i]]`` and ``data[data_rows[i]]``: ``Tensor[P]``.
-
-        Gathered in chunks, so P pairs never materialise a ``[P, d]`` copy at once.
-        """
-        pairs_per_chunk = max(1, _PAIR_CHUNK_ELEMENTS // max(1, self.dim))
-        out = []
-        for start in range(0, q_rows.shape[0], pairs_per_chunk):
-            a = q[q_rows[start:start + pairs_per_chunk]]
-            b = self._data[data_rows[start:start + pairs_per_chunk]]
-            out.append((a * b).sum(-1) if self.distance.is_inverted else (a - b).norm(dim=-1))
-        return torch.cat(out)
-
-    def _brute_force(self, q: torch.Tensor, k: int, exclude: torch.Tensor | None) -> torch.Tensor:
-        """Exact top-``k`` indices ``LongTensor[Q, k]`` by a full distance row per query."""
-        if self.distance.is_inverted:
-            scores = q @ self._data.T
-        else:
-            scores = -torch.cdist(q, self._data)
-        if exclude is not None:
-            scores[torch.arange(q.shape[0]), exclude] = -float("inf")
-        return scores.topk(k, dim=1).indices
 
     # ------------------------------------------------------------------ quality
     def quality(self, k: int, num_queries: int = 1000) -> dict:
@@ -271,12 +216,14 @@ class EmbeddingIndex:
         times) plus ``"num_queries"`` and ``"method"``.
         """
         self._require_built()
-        k = _check_k(k, self.num_points - 1, "quality", self.num_points)
+        k = check_k(k, self.num_points - 1, "quality", self.num_points)
         num_queries = min(check_int(num_queries, "num_queries", 1), self.num_points)
-        return index_quality(self, k, num_queries)
+        result = index_quality(self.points, self._faiss_search, k, num_queries, self.seed)
+        result.update(num_queries=num_queries, method=self.resolved_method)
+        return result
 
     def _true_ranks(self, q: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return true_ranks(self, q, rows, values)
+        return true_ranks(self.points, q, rows, values)
 
     # ------------------------------------------------------------------ refreshing
     def refresh(self, embeddings: torch.Tensor, k: int, previous: torch.Tensor | tuple | None = None,
@@ -301,10 +248,12 @@ class EmbeddingIndex:
         After an incremental refresh the index holds no FAISS index: ``search``,
         ``knn_all`` and ``quality`` need ``build`` first.
         """
-        from .index_refresh import refresh_index
-
         with self._threads():
-            return refresh_index(self, embeddings, k, previous, labels, params)
+            settings = RefreshParams.from_dict(params)
+            start = time.perf_counter()
+            kept = previous_lists(self.graph, previous)  # read before new data replaces the old
+            self._set_data(embeddings, labels)
+            return refresh_index(self, embeddings, labels, k, kept, settings, start)
 
     # ------------------------------------------------------------------ helpers
     def _require_built(self) -> None:
@@ -337,25 +286,3 @@ def _faiss_metric(distance) -> int:
     raise ValueError(f"distance: {type(distance).__name__} is not supported; use LpDistance(p=2), "
                      "CosineSimilarity or DotProductSimilarity")
 
-
-def _sort_rows(values: torch.Tensor, indices: torch.Tensor, descending: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of ``values: Tensor[Q, k]`` (and ``indices``) sorted, in place, by a stable sort.
-
-    Only rows out of order are sorted (FAISS's and the refresh's rows already are, but for
-    re-computed entries): sorting all of them cost ~0.6 GB of temporaries at N=1M.
-    """
-    step = values[:, 1:] - values[:, :-1]
-    rows = ((step > 0) if descending else (step < 0)).any(dim=1).nonzero().flatten()
-    if rows.numel() > 0:
-        order = torch.sort(values[rows], dim=1, descending=descending, stable=True).indices
-        values[rows] = values[rows].gather(1, order)
-        indices[rows] = indices[rows].gather(1, order)
-    return values, indices
-
-
-def _check_k(k, upper: int, where: str, num_points: int) -> int:
-    k = check_int(k, "k", 1)
-    if k > upper:
-        rule = "k < N (the point itself is excluded)" if where != "search" else "k <= N"
-        raise ValueError(f"k={k} is too large for {where} over N={num_points} indexed points: need {rule}")
-    return int(k)

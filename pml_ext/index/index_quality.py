@@ -7,18 +7,14 @@ exact answer (``exact_rows``).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import Callable
 
-import numpy as np
 import torch
-from pytorch_metric_learning.utils.inference import mask_reshape_knn_idx
 
 from ..utils.ann_quality import ann_quality
+from ._faiss_ops import IndexedPoints, drop_self
 
-if TYPE_CHECKING:
-    from .embedding_index import EmbeddingIndex
-
-__all__ = ["index_quality", "true_ranks", "exact_rows", "brute_force_raw", "sample_rows", "drop_self"]
+__all__ = ["index_quality", "true_ranks", "exact_rows", "brute_force_raw", "sample_rows"]
 
 # Rows of a full [rows, N] distance block per chunk in true_ranks (~64 MB in float32).
 _BLOCK_ELEMENTS = 16_000_000
@@ -32,15 +28,15 @@ def sample_rows(num_points: int, num_queries: int, seed: int) -> torch.Tensor:
     return torch.randperm(num_points, generator=gen)[:num_queries]
 
 
-def exact_rows(index: "EmbeddingIndex", rows: torch.Tensor, k: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
+def exact_rows(points: IndexedPoints, rows: torch.Tensor, k: int) -> tuple[tuple[torch.Tensor, torch.Tensor], float]:
     """Exact ``k`` nearest other points of the indexed rows ``rows: LongTensor[Q]``.
 
     Returns ``((raw: Tensor[Q, k], indices: LongTensor[Q, k]), seconds)``: FAISS-style raw
-    values (squared L2 or inner product) by brute force over ``index``'s data, the row
+    values (squared L2 or inner product) by brute force over ``points.data``, the row
     itself dropped, and the search time.
     """
     start = time.perf_counter()
-    raw, found = brute_force_raw(index._data, index._data_sq, index._data[rows], k + 1, index.distance.is_inverted)
+    raw, found = brute_force_raw(points.data, points.data_sq, points.data[rows], k + 1, points.distance.is_inverted)
     seconds = time.perf_counter() - start
     return drop_self(raw, found, rows), seconds
 
@@ -73,37 +69,38 @@ def brute_force_raw(data: torch.Tensor, data_sq: torch.Tensor, q: torch.Tensor, 
     return (top.values + (q ** 2).sum(1, keepdim=True)).clamp_(min=0), indices
 
 
-def index_quality(index: "EmbeddingIndex", k: int, num_queries: int) -> dict:
-    """``EmbeddingIndex.quality``'s dict (arguments already checked)."""
-    rows = sample_rows(index.num_points, num_queries, index.seed)
-    q = index._data[rows]
+def index_quality(points: IndexedPoints, search: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+                  k: int, num_queries: int, seed: int) -> dict:
+    """``ann_quality``'s dict for ``search`` (FAISS-style raw ``[Q, k]`` answers of queries
+    ``Tensor[Q, d]``) on ``num_queries`` rows of ``points`` drawn with ``seed``
+    (arguments already checked)."""
+    rows = sample_rows(points.num_points, num_queries, seed)
+    q = points.data[rows]
     start = time.perf_counter()
-    approx = index._faiss_search(q, k + 1)
+    approx = search(q, k + 1)
     approx_time = time.perf_counter() - start
-    (exact_raw, exact_idx), exact_time = exact_rows(index, rows, k)
-    exact_d, exact_idx = index._finish(q, exact_raw, exact_idx, rows)
-    approx_d, approx_idx = index._finish(q, *drop_self(*approx, rows), rows)
-    ranks = true_ranks(index, q, rows, approx_d)
-    result = ann_quality(exact_d, exact_idx, approx_d, approx_idx,
-                         exact_time=exact_time, approx_time=approx_time,
-                         approx_ranks=ranks, num_points=index.num_points - 1,
-                         is_similarity=index.distance.is_inverted)
-    result.update(num_queries=num_queries, method=index.resolved_method)
-    return result
+    (exact_raw, exact_idx), exact_time = exact_rows(points, rows, k)
+    exact_d, exact_idx = points.finish(q, exact_raw, exact_idx, rows)
+    approx_d, approx_idx = points.finish(q, *drop_self(*approx, rows), rows)
+    ranks = true_ranks(points, q, rows, approx_d)
+    return ann_quality(exact_d, exact_idx, approx_d, approx_idx,
+                       exact_time=exact_time, approx_time=approx_time,
+                       approx_ranks=ranks, num_points=points.num_points - 1,
+                       is_similarity=points.distance.is_inverted)
 
 
-def true_ranks(index: "EmbeddingIndex", q: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def true_ranks(points: IndexedPoints, q: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """1-based rank ``LongTensor[Q, k]`` of each returned value among all other points.
 
     rank = 1 + #{o != query : o nearer than the returned object by more than a float
     tolerance}; the tolerance keeps an object from out-ranking itself when its value
     is re-computed by the matrix (``|q|^2 + |x|^2 - 2<q, x>``) form used here.
     """
-    inverted = index.distance.is_inverted
+    inverted = points.distance.is_inverted
     sign = -1.0 if inverted else 1.0  # rank by "smaller is nearer"
     target = sign * values
     tol = 1e-5 * target.abs().clamp(min=1.0)
-    data, data_sq, num_points = index._data, index._data_sq, index.num_points
+    data, data_sq, num_points = points.data, points.data_sq, points.num_points
     rows_per_chunk = max(1, _BLOCK_ELEMENTS // (4 * num_points))
     top = min(num_points, max(128, 4 * values.shape[1]))
     ranks = []
@@ -113,7 +110,7 @@ def true_ranks(index: "EmbeddingIndex", q: torch.Tensor, rows: torch.Tensor, val
             full = -(qc @ data.T)
         else:
             sq = (qc ** 2).sum(1, keepdim=True) + data_sq - 2 * (qc @ data.T)
-            full = sq.clamp(min=0).sqrt() ** index.distance.power
+            full = sq.clamp(min=0).sqrt() ** points.distance.power
         full[torch.arange(qc.shape[0]), rc] = float("inf")
         bound = (target[start:start + rows_per_chunk] - tol[start:start + rows_per_chunk]).contiguous()
         # Returned objects are near the top of their row: the smallest `top` values
@@ -126,18 +123,3 @@ def true_ranks(index: "EmbeddingIndex", q: torch.Tensor, rows: torch.Tensor, val
         ranks.append(count + 1)
     return torch.cat(ranks)
 
-
-def drop_self(raw: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FAISS's ``[Q, k+1]`` answer -> ``[Q, k]`` without each query's own index ``rows[i]``.
-
-    PML's ``return_results`` rule, for queries that are any indexed rows (not only
-    ``0..Q-1``): drop the own index where it was found; else the (k+1)-th hit, since
-    then all k+1 hits are other points at least as near as the query itself.
-    """
-    match = indices == rows.unsqueeze(1)
-    match[~match.any(dim=1), -1] = True
-    return mask_reshape_knn_idx(raw, match), mask_reshape_knn_idx(indices, match)
-
-
-def _as_faiss_input(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..utils.ann_quality import ann_quality
 from ..utils.checks import check_int, check_positive
 from ..utils.distributed import all_gather_uneven, rank_and_world_size
+from ._faiss_ops import IndexedPoints, check_k
 from .graph_refresh import CandidateScorer, refine_graph
 from .index_quality import exact_rows, sample_rows
+from .pynndescent_backend import pynndescent_graph
 
-if TYPE_CHECKING:
-    from .embedding_index import EmbeddingIndex
-
-__all__ = ["RefreshParams", "refresh_index"]
+__all__ = ["RefreshParams", "refresh_index", "previous_lists"]
 
 COLD_METHODS = ("index", "pynndescent")
 
@@ -94,35 +93,48 @@ class RefreshParams:
         return cls(**params)
 
 
-def refresh_index(index: "EmbeddingIndex", embeddings: torch.Tensor, k: int, previous, labels,
-                  params: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``EmbeddingIndex.refresh`` (see there and the module docstring)."""
-    from .embedding_index import _check_k
+class RefreshedIndex(Protocol):
+    """What the refresh reads from and records on ``EmbeddingIndex``."""
 
-    settings = RefreshParams.from_dict(params)
-    start = time.perf_counter()
-    kept = _previous_graph(index, previous)          # read before new data replaces the old
-    data = index._set_data(embeddings, labels)
+    points: IndexedPoints
+    seed: int
+    num_threads: int | None
+    graph: torch.Tensor | None
+    last_refresh: dict
+
+    def build(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> Any: ...
+
+    def knn_all(self, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def refresh_index(index: RefreshedIndex, embeddings: torch.Tensor, labels: torch.Tensor | None, k: int,
+                  kept: torch.Tensor | None, settings: RefreshParams,
+                  start: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``EmbeddingIndex.refresh`` once the index holds the new ``embeddings`` (see there and
+    the module docstring); ``kept`` is last epoch's lists (``previous_lists``), ``start``
+    the refresh's ``time.perf_counter()``."""
+    points = index.points
+    data = points.data
     num_points = data.shape[0]
-    k = _check_k(k, num_points - 1, "refresh", num_points)
+    k = check_k(k, num_points - 1, "refresh", num_points)
     width = min(num_points - 1, k + (k if settings.extra is None else settings.extra))
     kept = _check_previous(kept, num_points, "previous")
     count = int(index.last_refresh.get("count", 0))
     rows = sample_rows(num_points, min(settings.check_queries, num_points), index.seed + count)
-    (exact_raw, exact_idx), _ = exact_rows(index, rows, k)
+    (exact_raw, exact_idx), _ = exact_rows(points, rows, k)
     report: dict[str, Any] = {"count": count + 1, "previous_recall": None, "gained": [],
                               "full_recall": index.last_refresh.get("full_recall")}
     if kept is not None:
         report["previous_recall"] = _recall(kept[rows], exact_idx)
-    refine = lambda: _refine(index, data, kept, width, k, settings, count)  # noqa: E731
+    refine = lambda: _refine(points, index.seed, kept, width, k, settings, count)  # noqa: E731
     sampled = lambda graph: _recall(graph[rows, :k], exact_idx)  # noqa: E731
     raw, graph, finished, mode, reason = _choose_lists(index, embeddings, labels, width, settings, report, refine,
                                                        sampled)
     distances, indices = raw[:, :k].clone(), graph[:, :k].clone()
     if not finished:
-        distances, indices = _finish(index, data, distances, indices)
-    exact_d, exact_i = index._finish(data[rows], exact_raw, exact_idx, rows)
-    quality = ann_quality(exact_d, exact_i, distances[rows], indices[rows], is_similarity=index.distance.is_inverted)
+        distances, indices = _finish(points, distances, indices)
+    exact_d, exact_i = points.finish(data[rows], exact_raw, exact_idx, rows)
+    quality = ann_quality(exact_d, exact_i, distances[rows], indices[rows], is_similarity=points.distance.is_inverted)
     report.update(mode=mode, reason=reason, recall=quality["recall"],
                   relative_distance_error=quality["relative_distance_error"], check_queries=int(rows.numel()),
                   seconds=time.perf_counter() - start)
@@ -168,11 +180,11 @@ def _choose_lists(index, embeddings, labels, width, settings, report, refine, sa
     return raw, graph, finished, "full", reason
 
 
-def _refine(index, data, kept, width, k, settings, count):
+def _refine(points, seed, kept, width, k, settings, count):
     rank, world = rank_and_world_size()
     return refine_graph(
-        data, kept, width, k, inner_product=index.distance.is_inverted, fan=settings.fan,
-        num_random=settings.num_random, rounds=settings.rounds, seed=index.seed + count,
+        points.data, kept, width, k, inner_product=points.distance.is_inverted, fan=settings.fan,
+        num_random=settings.num_random, rounds=settings.rounds, seed=seed + count,
         chunk_rows=settings.chunk_rows,
         # Each rank refreshes a contiguous share of the row chunks; the chunk grid does not
         # depend on the world size, so the gathered lists equal the single-process ones.
@@ -182,12 +194,10 @@ def _refine(index, data, kept, width, k, settings, count):
 
 def _full_build(index, embeddings, labels, width, settings):
     """``(values, indices, in_pml_units)``, ``[N, width]`` each, from a cold start."""
-    data = index._data
+    data, inverted = index.points.data, index.points.distance.is_inverted
     if settings.cold == "pynndescent":
-        from .pynndescent_backend import pynndescent_graph
-
-        candidates = pynndescent_graph(data, width + 1, index.distance.is_inverted, index.seed, index.num_threads)
-        scorer, rows = CandidateScorer(data, index.distance.is_inverted), torch.arange(data.shape[0])
+        candidates = pynndescent_graph(data, width + 1, inverted, index.seed, index.num_threads)
+        scorer, rows = CandidateScorer(data, inverted), torch.arange(data.shape[0])
         tops = [scorer.top(rows[s:s + 65536], candidates[s:s + 65536], width) for s in range(0, data.shape[0], 65536)]
         raw, arg = torch.cat([t[0] for t in tops]), torch.cat([t[1] for t in tops])
         return raw, candidates.gather(1, arg), False
@@ -195,18 +205,20 @@ def _full_build(index, embeddings, labels, width, settings):
     return (*index.knn_all(width), True)
 
 
-def _finish(index, data, raw, indices):
+def _finish(points: IndexedPoints, raw, indices):
     """Raw scores ``[N, k]`` -> PML units, sorted, as ``knn_all`` gives them."""
     # Rows whose top k reached a masked candidate (self or repeat; tiny N only) are
-    # re-answered exactly by _finish's short-row path.
+    # re-answered exactly by finish's short-row path.
     bad = ~torch.isfinite(raw)
     indices[bad] = -1
-    return index._finish(data, raw, indices, exclude=torch.arange(data.shape[0]))
+    return points.finish(points.data, raw, indices, exclude=torch.arange(points.num_points))
 
 
-def _previous_graph(index, previous) -> torch.Tensor | None:
+def previous_lists(graph: torch.Tensor | None, previous) -> torch.Tensor | None:
+    """The lists a refresh starts from: ``previous`` (``LongTensor[N, k0]`` or a
+    ``(distances, indices)`` pair), else the index's kept ``graph``."""
     if previous is None:
-        return index.graph
+        return graph
     if isinstance(previous, (tuple, list)):
         if len(previous) != 2:
             raise ValueError("previous must be LongTensor[N, k0] or a (distances, indices) pair")
