@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from .config_error import ConfigError
+from .config_yaml import load_yaml
 
 __all__ = ["ExperimentConfig"]
 
@@ -84,16 +85,14 @@ class ExperimentConfig:
     @classmethod
     def load_saved(cls, folder: str) -> "ExperimentConfig":
         """Read back what :meth:`save` wrote (used by ``--resume_training``)."""
-        from .config_reader import ConfigReader
-
         order_path = os.path.join(folder, _ORDER_FILE)
         if not os.path.isfile(order_path):
             raise ConfigError(folder, "", "no saved config here: this experiment was never started "
                                           "(nothing to resume)")
-        order = ConfigReader.load_yaml(order_path).get("categories", [])
+        order = load_yaml(order_path).get("categories", [])
         categories, sources = {}, {}
         for category in order:
             path = os.path.join(folder, f"{category}.yaml")
-            categories[category] = ConfigReader.load_yaml(path)
+            categories[category] = load_yaml(path)
             sources[category] = [path]
         return cls(categories, sources)
