@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.class_split import class_disjoint_splits
 from .glyph_cache import load_or_build
 
 __all__ = ["Glyphs", "glyphs_split", "SPLITS"]
@@ -23,10 +24,8 @@ SPLITS = ("all", "train", "val", "test")
 def _class_splits(num_classes: int, val_fraction: float) -> dict[str, np.ndarray]:
     """Labels of each split: the runner's class-disjoint rule (test = the second half of the
     seeded class order), and val = the first ``val_fraction`` of the training classes."""
-    from ..runner.split_manager import ClassDisjointSplitManager
-
-    scheme = ClassDisjointSplitManager(test_size=0.5, test_start_idx=0.5, num_training_partitions=1,
-                                       num_training_sets=1).class_splits(np.arange(num_classes))[0]
+    scheme = class_disjoint_splits(np.arange(num_classes), test_size=0.5, test_start_idx=0.5,
+                                   num_training_partitions=1, num_training_sets=1)[0]
     trainval = scheme["train"]
     num_val = int(round(val_fraction * len(trainval)))
     return {"all": np.arange(num_classes), "trainval": trainval, "val": trainval[:num_val],

@@ -6,6 +6,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..utils.class_split import class_disjoint_splits
+
 __all__ = ["ClassDisjointSplitManager"]
 
 
@@ -16,7 +18,7 @@ def _percent(x: float) -> str:
 class ClassDisjointSplitManager:
     """Split a data set by class: no class is shared between test, train and val.
 
-    The rule (PB's, on the sorted list of the ``C`` classes):
+    The rule (PB's, on the sorted list of the ``C`` classes; ``utils.class_split``):
 
     - **test**: ``round(test_size * C)`` classes starting at position
       ``round(test_start_idx * C)``, wrapping around to the start of the list;
@@ -92,25 +94,8 @@ class ClassDisjointSplitManager:
 
     def class_splits(self, classes: np.ndarray) -> list[dict[str, np.ndarray]]:
         """For the sorted unique ``classes``, the classes of each split of each scheme."""
-        num_classes = len(classes)
-        num_test = min(max(int(round(self.test_size * num_classes)), 1), num_classes - 1)
-        start = int(round(self.test_start_idx * num_classes)) % num_classes
-        test_pos = (start + np.arange(num_test)) % num_classes
-        is_test = np.zeros(num_classes, dtype=bool)
-        is_test[test_pos] = True
-        trainval = classes[~is_test]
-        if self.num_training_partitions > len(trainval):
-            raise ValueError(f"num_training_partitions={self.num_training_partitions} exceeds the "
-                             f"{len(trainval)} trainval classes")
-        test = classes[np.sort(test_pos)]
-        if self.num_training_partitions == 1:
-            return [{"train": trainval, "test": test}]
-        partitions = np.array_split(trainval, self.num_training_partitions)
-        schemes = []
-        for i in range(self.num_training_sets):
-            train = np.concatenate([p for j, p in enumerate(partitions) if j != i])
-            schemes.append({"train": train, "val": partitions[i], "test": test})
-        return schemes
+        return class_disjoint_splits(classes, self.test_size, self.test_start_idx, self.num_training_partitions,
+                                     self.num_training_sets)
 
     def scheme_name(self, i: int) -> str:
         return (f"Test{_percent(self.test_start_idx)}_{_percent(self.test_size)}_"
