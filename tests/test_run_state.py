@@ -9,8 +9,8 @@ import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 
 from pml_ext.runner.run_state import RngStates, SamplerState, stateful_objects
-from pml_ext.runner.run_distribution import _WholeBatches
 from pml_ext.samplers.distributed_shard_sampler import DistributedShardSampler
+from pml_ext.samplers.whole_batches import WholeBatches
 
 
 def reload(state):
@@ -44,7 +44,7 @@ def test_a_wrapped_pml_sampler_resumes_with_its_shuffled_label_order():
 
     def make():
         inner = MPerClassSampler(labels, m=4, length_before_new_iter=48)
-        return DistributedShardSampler(_WholeBatches(inner, 12), 12, rank=0, world_size=2, drop_uneven=True)
+        return DistributedShardSampler(WholeBatches(inner, 12), 12, rank=0, world_size=2, drop_uneven=True)
 
     np.random.seed(0)
     sampler = make()

@@ -17,38 +17,18 @@ from typing import Any, Iterator
 
 import torch
 
+from ..samplers.distributed_shard_sampler import DistributedShardSampler
+from ..samplers.epoch_sampler import EpochSampler
+from ..samplers.whole_batches import WholeBatches
+
 __all__ = ["distribute", "distributed_loss", "wrap_models_for_ddp", "plain_models", "embed_training_set"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 
 
-class _WholeBatches(torch.utils.data.Sampler):
-    """The inner sampler's stream cut to whole batches, so that every rank's shard holds only
-    full batches and every rank runs the same number of iterations (a trailing partial
-    batch would be dropped by the DataLoader on one rank only)."""
-
-    wraps_sampler = True  # EpochUpdater looks through it
-
-    def __init__(self, sampler, batch_size: int):
-        self.sampler, self.batch_size = sampler, int(batch_size)
-
-    def __iter__(self):
-        flat = list(iter(self.sampler))
-        return iter(flat[: len(flat) - len(flat) % self.batch_size])
-
-    def __len__(self) -> int:
-        return len(self.sampler) - len(self.sampler) % self.batch_size
-
-    def update(self, *args, **kwargs):
-        return self.sampler.update(*args, **kwargs)
-
-
 def distribute(loss_funcs, mining_funcs, sampler, num_train: int, batch_size: int, seed: int, rank: int,
                world_size: int):
     """PML's distributed wrappers around the losses and miners, and a sampler giving this rank its batches."""
-    from ..samplers.distributed_shard_sampler import DistributedShardSampler
-    from ..samplers.epoch_sampler import EpochSampler
-
     loss_funcs = {k: distributed_loss(v, f"loss_funcs.{k}") for k, v in loss_funcs.items()}
     mining_funcs = {k: distributed_miner(v) for k, v in mining_funcs.items()}
     if sampler is None:
@@ -59,7 +39,7 @@ def distribute(loss_funcs, mining_funcs, sampler, num_train: int, batch_size: in
         # as many iterations.
         sampler.drop_uneven = True
     else:
-        sampler = DistributedShardSampler(_WholeBatches(sampler, batch_size), batch_size, drop_uneven=True)
+        sampler = DistributedShardSampler(WholeBatches(sampler, batch_size), batch_size, drop_uneven=True)
     LOGGER.info("distributed: rank %d of %d; losses and miners wrapped with PML's distributed wrappers",
                 rank, world_size)
     return loss_funcs, mining_funcs, sampler
