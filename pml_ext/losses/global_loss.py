@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import torch
-from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..utils.checks import check_loss_inputs, check_positive
+from ..utils.checked_modules import CheckedLoss
+from ..utils.checks import check_positive
 from ..utils.squared_euclidean import check_rule_distance, squared_euclidean
 
 __all__ = ["GlobalLoss"]
 
 
-class GlobalLoss(BaseMetricLossFunction):
+class GlobalLoss(CheckedLoss):
     """Mean/variance loss over a set of triplets::
 
         d+ = ||f_a - f_p||^2 / 4,   d- = ||f_a - f_n||^2 / 4        (in [0, 1] on unit vectors)
@@ -47,13 +47,6 @@ class GlobalLoss(BaseMetricLossFunction):
         self.t = float(t)
         self.add_to_recordable_attributes(list_of_names=["lambda_", "t"], is_stat=False)
         self.add_to_recordable_attributes(list_of_names=["mean_pos", "mean_neg", "var_pos", "var_neg"], is_stat=True)
-
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        """Validate (``check_loss_inputs``: out-of-range ``indices_tuple`` entries raise, where
-        PML would wrap a negative one silently), then PML's ``forward``. An empty batch or
-        tuple gives PML's zero loss, connected to the graph."""
-        check_loss_inputs(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         """A scalar loss from the ``T`` triplets' squared distances ``Tensor[T]``."""

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
-from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..utils.checks import check_loss_inputs
+from ..utils.checked_modules import CheckedLoss
 
 __all__ = ["LiftedStructureLoss"]
 
@@ -43,7 +42,7 @@ def _dense_logsumexp(terms: torch.Tensor, mask: torch.Tensor, dim: int):
     return torch.where(has_members, lse, torch.zeros_like(lse)), has_members
 
 
-class LiftedStructureLoss(BaseMetricLossFunction):
+class LiftedStructureLoss(CheckedLoss):
     r"""Lifted structured loss, exact and O(B^2) (Song et al., CVPR 2016, eq. 4).
 
     For each positive pair (i, j) of the tuple::
@@ -95,23 +94,6 @@ class LiftedStructureLoss(BaseMetricLossFunction):
         self.edge_cases = edge_cases
         self.add_to_recordable_attributes(list_of_names=["pos_margin", "neg_margin"], is_stat=False)
         self.add_to_recordable_attributes(list_of_names=["num_pos_pairs", "num_active_pairs"], is_stat=True)
-
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        """
-        Args:
-            embeddings: ``[B, d]`` floating point, finite.
-            labels: ``[B]`` integer, or None when ``indices_tuple`` is given.
-            indices_tuple: pairs ``(a1, p, a2, n)`` or triplets ``(a, p, n)`` into the batch
-                (into ``ref_emb`` for ``p`` and ``n`` when it is given). Every entry must be
-                in range: PML lets a negative index wrap around, pml_ext raises on purpose.
-            ref_emb: ``[R, d]`` reference embeddings, or None for the batch itself.
-            ref_labels: ``[R]`` labels of ``ref_emb`` (required with ``labels`` and no tuple).
-        Returns:
-            The reduced loss, a scalar tensor; an empty batch or tuple gives PML's zero
-            loss, connected to the graph.
-        """
-        check_loss_inputs(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)

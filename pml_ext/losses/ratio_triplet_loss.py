@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import torch
-from pytorch_metric_learning.losses import BaseMetricLossFunction
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..utils.checks import check_loss_inputs, check_positive
+from ..utils.checked_modules import CheckedLoss
+from ..utils.checks import check_positive
 
 __all__ = ["RatioTripletLoss"]
 
 
-class RatioTripletLoss(BaseMetricLossFunction):
+class RatioTripletLoss(CheckedLoss):
     """``max(0, 1 - d(a, n) / (d(a, p) + margin))`` per triplet.
 
     Zero exactly when ``d(a,n) >= d(a,p) + margin``, the same condition as PML's
@@ -42,13 +42,6 @@ class RatioTripletLoss(BaseMetricLossFunction):
         self.triplets_per_anchor = triplets_per_anchor
         self.add_to_recordable_attributes(list_of_names=["margin"], is_stat=False)
         self.add_to_recordable_attributes(list_of_names=["fraction_active"], is_stat=True)
-
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None):
-        """Validate (``check_loss_inputs``: out-of-range ``indices_tuple`` entries raise, where
-        PML would wrap a negative one silently), then PML's ``forward``. An empty batch or
-        tuple gives PML's zero loss, connected to the graph."""
-        check_loss_inputs(embeddings, labels, indices_tuple, ref_emb, ref_labels)
-        return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         """Losses ``Tensor[T]`` for the ``T`` triplets of ``indices_tuple`` (or of ``labels``)."""

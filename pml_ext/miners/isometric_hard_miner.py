@@ -6,15 +6,15 @@ See docs/isometric_mining.md for the rule, its thresholds and the experiments be
 from __future__ import annotations
 
 import torch
-from pytorch_metric_learning.miners import BaseMiner
 
 from ..utils._isometry import dissimilarity, embedding_scale, hardest_pairs, oriented, violations
-from ..utils.checks import check_int, check_miner_inputs, check_positive
+from ..utils.checked_modules import CheckedMiner
+from ..utils.checks import check_int, check_positive
 
 __all__ = ["IsometricHardMiner"]
 
 
-class IsometricHardMiner(BaseMiner):
+class IsometricHardMiner(CheckedMiner):
     """Batch-hard mining while it beats the collapsed solution; semi-hard mining otherwise.
 
     **Measured on every batch** (recordable statistics, plain Python floats, computed even
@@ -101,13 +101,6 @@ class IsometricHardMiner(BaseMiner):
     def reset_generator(self) -> None:
         """Restart the sampling from ``seed``."""
         self._generators.clear()
-
-    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
-        """Validate, then PML's ``BaseMiner.forward``; see the class docstring for shapes.
-
-        An empty batch (or reference set) gives empty tuples, as PML's miners do."""
-        check_miner_inputs(embeddings, labels, ref_emb, ref_labels)
-        return super().forward(embeddings, labels, ref_emb, ref_labels)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
              ref_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

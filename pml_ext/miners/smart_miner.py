@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pytorch_metric_learning.miners import BaseMiner
 
 from ..index.faiss_params import check_index_args
-from ..utils.checks import check_embeddings, check_int, check_labels, check_miner_inputs, check_positive
+from ..utils.checked_modules import CheckedMiner
+from ..utils.checks import check_embeddings, check_int, check_labels, check_positive
 from ..utils.distributed import gather_training_set
 from ..utils.squared_euclidean import check_rule_distance, pair_values, squared_euclidean
 from .smart_triplets import smart_triplets
@@ -16,7 +16,7 @@ from .smart_triplets import smart_triplets
 __all__ = ["SmartMiner"]
 
 
-class SmartMiner(BaseMiner):
+class SmartMiner(CheckedMiner):
     """Triplets by eq. 6 and Algorithm 1 of smart mining (see ``smart_triplets``).
 
     Three uses:
@@ -130,12 +130,6 @@ class SmartMiner(BaseMiner):
         self._kappa = float(value)
 
     # ------------------------------------------------------------------ per batch
-    def forward(self, embeddings, labels, ref_emb=None, ref_labels=None):
-        """Validate (errors name ``embeddings``, ``labels``, ``ref_emb``, ``ref_labels``), then
-        PML's ``BaseMiner.forward``. An empty batch gives empty tuples, as PML's miners do."""
-        check_miner_inputs(embeddings, labels, ref_emb, ref_labels)
-        return super().forward(embeddings, labels, ref_emb, ref_labels)
-
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         """``(a, p, n)``: ``LongTensor[T]`` each, rows of ``embeddings`` / ``ref_emb``."""
         same_set = ref_emb is embeddings
