@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from .config_error import ConfigError
 from .run_guard import check_number_kwargs
+from .vision import TorchvisionMismatch, import_torchvision
 
 __all__ = ["Registry", "register", "default_registry", "KINDS"]
 
@@ -77,15 +78,13 @@ NESTED_KINDS = {
 def _import(dotted: str):
     """A module or a module attribute by dotted name; ``None`` when it cannot be imported.
 
-    An installed but broken package counts as absent: PyPI's torchvision beside a CPU build
-    of torch raises ``RuntimeError`` ("operator torchvision::nms does not exist") on import,
-    which must not stop the lookup of every other name."""
+    An installed but broken package counts as absent here, so that it does not stop the
+    lookup of every other name: torchvision built for another torch raises
+    ``TorchvisionMismatch``, which :meth:`Registry.get` reports when a name is not found."""
     if dotted.startswith("torchvision"):
-        from .vision import import_torchvision
-
         try:
             import_torchvision()
-        except ConfigError:
+        except ConfigError:  # not installed, or TorchvisionMismatch
             return None
     try:
         return importlib.import_module(dotted)
@@ -100,6 +99,19 @@ def _import(dotted: str):
         return getattr(importlib.import_module(module_name), attr)
     except Exception:  # noqa: BLE001 - ImportError, AttributeError, or a broken package
         return None
+
+
+def _torchvision_note(kind: str) -> str:
+    """Why an unknown name of ``kind`` may be torchvision's, for the unknown-name error."""
+    if kind not in ("model", "transform"):
+        return ""
+    try:
+        import_torchvision()
+    except TorchvisionMismatch as exc:
+        return f" (torchvision, where it may be, cannot be imported: {exc.message})"
+    except ConfigError:
+        return " (torchvision is not installed; its models and transforms are unavailable)"
+    return ""
 
 
 def _public_names(module) -> Iterable[str]:
@@ -187,10 +199,7 @@ class Registry:
         close = difflib.get_close_matches(name, self.known_names(kind), n=5, cutoff=0.6)
         by_case = [n for n in self.known_names(kind) if n.lower() == name.lower() and n not in close]
         hint = ", ".join(by_case + close)
-        extra = ""
-        if kind in ("transform",) or (kind == "model" and _import("torchvision") is None):
-            extra = " (torchvision is not installed; its models and transforms are unavailable)"
-        raise ConfigError(source, key, f"unknown {kind} '{name}'{extra}. "
+        raise ConfigError(source, key, f"unknown {kind} '{name}'{_torchvision_note(kind)}. "
                                        + (f"Closest known names: {hint}" if hint else "No close known name."))
 
     def _note_shadowing(self, kind: str, name: str, found) -> None:
