@@ -7,8 +7,6 @@ and they need no download. See docs/glyphs.md for the rules and the measured fig
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 import torch
 from torch.utils.data import Dataset

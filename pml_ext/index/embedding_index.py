@@ -23,7 +23,7 @@ from pytorch_metric_learning.distances import (
 )
 from pytorch_metric_learning.utils.inference import FaissKNN
 
-from ..utils.checks import check_embeddings, check_int, check_labels
+from ..utils.checks import check_embeddings, check_int
 from ..utils.threads import thread_count
 from .faiss_params import METHODS, check_faiss_params, check_for_data, check_num_threads, check_seed
 from ._faiss_ops import IndexedPoints, as_faiss_input, check_k, drop_self

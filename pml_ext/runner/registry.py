@@ -20,7 +20,7 @@ import importlib
 import inspect
 import logging
 import types
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .config_error import ConfigError
 from .run_guard import check_number_kwargs
