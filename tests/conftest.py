@@ -46,3 +46,13 @@ def pytest_terminal_summary(terminalreporter):
 def device() -> torch.device:
     """``TEST_DEVICE`` (cpu by default; cuda when asked for and present)."""
     return test_device()
+
+
+@pytest.fixture(autouse=True)
+def cuda_when_available_means_the_test_device(monkeypatch):
+    # The runner's ``device: null`` and PML's trainers, testers and accuracy calculator pick
+    # "cuda when available" through this one function: in the tests it picks TEST_DEVICE, so a
+    # GPU machine runs them on the CPU unless TEST_DEVICE=cuda.
+    from pytorch_metric_learning.utils import common_functions
+
+    monkeypatch.setattr(common_functions, "use_cuda_if_available", test_device)

@@ -1,8 +1,9 @@
 """The test suite's two environment switches, read in one place (conftest.py and the tests import them).
 
 - ``TEST_DEVICE``: ``cpu`` (default) or ``cuda``. The loss, miner, index and runner tests put
-  their tensors, models and runs on this device (the ``device`` fixture); ``cuda`` falls back
-  to ``cpu`` on a machine without CUDA, and the run's header says so.
+  their tensors, models and runs on this device (the ``device`` fixture; "cuda when available"
+  defaults and child processes follow it too, conftest.py and :func:`subprocess_env`); ``cuda``
+  falls back to ``cpu`` on a machine without CUDA, and the run's header says so.
 - ``PML_EXT_REQUIRE_PB_CONFIGS=1``: the tests of powerful-benchmarker's own config files fail,
   instead of skipping, when the folder ``../shared/pb_configs`` beside the repository is absent
   (CI sets it, so a missing folder cannot pass as a shorter run).
@@ -39,3 +40,12 @@ def test_device() -> torch.device:
 
 
 test_device.__test__ = False  # a helper, not a test
+
+
+def subprocess_env(**extra: str) -> dict:
+    """The environment for a test's child processes (runs under torchrun, the CLI): this one plus
+    ``extra``, with the GPUs hidden unless the tests run on cuda (a child cannot be monkeypatched)."""
+    env = dict(os.environ, **extra)
+    if test_device().type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env

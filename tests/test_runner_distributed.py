@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from suite_options import subprocess_env
 
 TESTS = pathlib.Path(__file__).parent
 SCHEME = "Test50_50_Partitions1_0"
@@ -18,7 +19,7 @@ HANG = 900
 
 
 def torchrun(tmp_path, *args, timeout=HANG):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pml_ext", "run", "--root_experiment_folder", str(tmp_path), "--num_epochs_train", "1",
            "--check_untrained_accuracy", "false", "--trainer~APPLY~2", "{iterations_per_epoch:", "3}", *args]
@@ -56,8 +57,9 @@ def test_a_rank_that_fails_mid_run_makes_the_other_exit_with_a_clear_error(tmp_p
             "--mining_funcs~OVERRIDE~", "{tuple_miner:", "{FailOnRankOneMiner:", "{}}}"]
     procs = []
     for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                   LOCAL_RANK=str(rank), PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        env = subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                             LOCAL_RANK=str(rank),
+                             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
         procs.append(subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
     try:
