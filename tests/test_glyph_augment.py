@@ -28,7 +28,7 @@ def drawn():
     ("shift", -3.0, 3.0),          # on the 64-px canvas: ±1.5 px at 32x32
     ("stroke", -0.6, 0.6),
     ("noise_sd", 0.0, 0.06),
-], ids=lambda v: v if isinstance(v, str) else "")
+], ids=["angle", "scale", "shear", "shift", "stroke", "noise_sd"])
 def test_each_parameter_fills_its_documented_range(drawn, name, low, high):
     values = drawn[name].flatten()
     slack = 1e-3 * (high - low)
