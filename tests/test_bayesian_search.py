@@ -164,13 +164,14 @@ def test_the_documented_search_runs_on_the_bundled_digits_configs(tmp_path, caps
 
 
 def test_a_search_failing_at_start_up_leaves_nothing_to_trip_over(tmp_path, capsys):
-    # the first trial fails at start-up (no batch can be drawn): no configs or study are left
-    bad = ["--config_optimizers", "default", "with_lr_bayes_opt", *TINY[:4], "--trainer~APPLY~2", "{batch_size: 100000}"]
-    assert cli_search(tmp_path, "s", 2, *bad) == 2
+    # PB's class-disjoint val partition; the first trial fails at start-up (no batch can be drawn)
+    space = ["--split_manager~APPLY~2", "{num_training_partitions: 2, num_training_sets: 1, val_fraction: 0}",
+             "--optimizers", "{embedder_optimizer: {Adam: {lr~LOG_BAYESIAN~: [0.0001, 0.1]}}}", *TINY[:4]]
+    assert cli_search(tmp_path, "s", 2, *space, "--trainer~APPLY~2", "{batch_size: 100000}") == 2
     assert "trainer.batch_size" in capsys.readouterr().err
     assert not (tmp_path / "s" / "configs").exists() and not list((tmp_path / "s").glob("optuna.db*"))
     # the corrected command runs as a new search, with its own overrides
-    assert cli_search(tmp_path, "s", 1, "--config_optimizers", "default", "with_lr_bayes_opt", *TINY) == 0
+    assert cli_search(tmp_path, "s", 1, *space, "--trainer~APPLY~2", "{iterations_per_epoch: 1}") == 0
     assert saved(tmp_path / "s", "config_general")["trainer"]["MetricLossOnly"]["batch_size"] == 64
 
 

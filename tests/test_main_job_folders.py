@@ -44,9 +44,9 @@ def finished(tmp_path_factory):
 def test_a_bad_dataset_after_a_finished_main_job_changes_no_file(finished, capsys):
     before = snapshot(finished)
     assert main_job(finished, "--dataset", "nosuch", *TINY) == 2
+    assert snapshot(finished) == before  # not a byte of any file, and no new file
     err = capsys.readouterr().err
     assert "--dataset: unknown data set 'nosuch'" in err and "(glyphs, digits, or none" in err and "CUB200" in err
-    assert snapshot(finished) == before  # not a byte of any file, and no new file
 
 
 def test_a_main_job_that_fails_while_running_keeps_the_last_finished_run(finished, capsys):
