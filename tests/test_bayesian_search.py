@@ -14,6 +14,7 @@ import yaml
 from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ExperimentRunner
 from pml_ext.runner.bayesian_search import BayesianSearch
+from pml_ext.runner.search_space import search_space
 
 optuna = pytest.importorskip("optuna")
 
@@ -196,3 +197,18 @@ def test_a_search_over_a_margin_in_a_bundled_method_file(tmp_path):
         margins.append(config["loss_funcs"]["metric_loss"]["TripletMarginLoss"]["margin"])
         assert config["mining_funcs"] == method["config"]["mining_funcs~OVERRIDE~"]  # the method file's miner
     assert all(0.05 <= m <= 0.5 for m in margins) and margins[0] != margins[1]
+
+
+def test_the_search_accepts_the_glyph_benchmarks_val_partition_and_writes_nothing_to_check_it(tmp_path):
+    glyphs = {"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"],
+              "config_loss_and_miners": ["default", "glyphs"], "config_optimizers": ["default", "with_lr_bayes_opt"]}
+    small = [("dataset~APPLY~2", {"characters": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                                  "cache_dir": str(tmp_path / "cache")})]
+    found = BayesianSearch("g", 2, root_experiment_folder=str(tmp_path / "runs"), config_names=glyphs, overrides=small)
+    base = found.read_config()
+    found.check_selects_on_validation(base, search_space(base))  # 10 class-disjoint partitions: val is the first
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match=r"glyphs\.yaml, command line\): split_manager.ClassDisjointSplitManager: "
+                                          r"makes no 'val' split"):
+        BayesianSearch("g", 2, root_experiment_folder=str(tmp_path / "runs"), config_names=glyphs, overrides=small + [
+            ("split_manager~APPLY~2", {"num_training_partitions": 1})]).run()
