@@ -121,3 +121,21 @@ def test_a_split_the_data_set_cannot_make_names_the_split_manager(tmp_path):
                                           r"split_manager\.ClassDisjointSplitManager: num_training_partitions=10 "
                                           r"exceeds the 5 trainval classes of the data set Digits"):
         runner.run()
+
+
+def test_evaluating_again_keeps_the_earlier_evaluations(tmp_path):
+    import yaml
+
+    from pml_ext.runner.evaluate_only import write_evaluation
+
+    def read(name):
+        return yaml.safe_load((tmp_path / name).read_text())
+
+    write_evaluation(str(tmp_path), "best", {"epoch": 2, "models": "best", "accuracies": {"test": {"p": 0.5}}})
+    # the same models on another split: both splits kept
+    write_evaluation(str(tmp_path), "best", {"epoch": 2, "models": "best", "accuracies": {"val": {"p": 0.7}}})
+    assert read("evaluation_best.yaml")["accuracies"] == {"test": {"p": 0.5}, "val": {"p": 0.7}}
+    # other models (a resumed run chose epoch 3): the evaluation of epoch 2 is kept beside
+    write_evaluation(str(tmp_path), "best", {"epoch": 3, "models": "best", "accuracies": {"val": {"p": 0.8}}})
+    assert read("evaluation_best.yaml") == {"epoch": 3, "models": "best", "accuracies": {"val": {"p": 0.8}}}
+    assert read("evaluation_best_epoch2.yaml")["accuracies"] == {"test": {"p": 0.5}, "val": {"p": 0.7}}
