@@ -136,8 +136,10 @@ class ComparisonRunner:
                 result = self._run_methods(methods)
             except BaseException:
                 if self.rank == 0:
-                    LOGGER.warning("The main job stopped; %s still shows the last finished run. This run's "
-                                   "folders (each method's run.log) are in %s", self.folders.link, self.folder)
+                    shown = "still shows the last finished run" if os.path.lexists(self.folders.link) else \
+                        "is not made until a run finishes"
+                    LOGGER.warning("The main job stopped; %s %s. This run's folders (each method's run.log) "
+                                   "are in %s", self.folders.link, shown, self.folder)
                 raise
             if self.rank == 0:
                 self.folders.publish(self.folder)
