@@ -5,7 +5,8 @@
                 [--register_module MODULE ...] [--verbose] [--key <yaml> ...]
                 [--evaluate [best|latest]]                  # test saved models, no training
                 [--bayes_opt_iters N [--reproductions M]]  # Bayesian search over ~BAYESIAN~ ranges
-    pml-ext run [--dataset glyphs|digits] [--methods NAME ...] [--verbose] [--key <yaml> ...]
+                [--methods KEY]                             # start from a main-job method file's config
+    pml-ext run [--dataset glyphs|digits|CLASS] [--methods NAME ...] [--verbose] [--key <yaml> ...]
                                                              # the main job (no experiment name)
 
 By default the console shows progress, warnings and the final table (everything is in each
@@ -27,9 +28,9 @@ import yaml
 
 USAGE = __doc__.replace("``", "")
 OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training"}
-# ``--dataset glyphs|digits|none`` picks the main job's data set; any other value of
-# ``--dataset`` is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
-MAIN_JOB_DATASET_NAMES = ("glyphs", "digits", "none")
+# ``--dataset NAME`` (one word) is a bundled benchmark or a dataset class (.runner.main_job_datasets);
+# a YAML mapping is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
+_DATASET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 LIST_OPTIONS = {"register_module", "methods"}
 FLAGS = {"verbose"}
 INT_OPTIONS = {"bayes_opt_iters", "reproductions"}
@@ -77,8 +78,12 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
             if len(words) != 1 or not words[0].isdigit():
                 raise ConfigError("command line", f"--{key}", f"takes one integer, got {words}")
             options[key] = int(words[0])
-        elif key == "dataset" and len(words) == 1 and words[0] in MAIN_JOB_DATASET_NAMES:
-            options["dataset"] = words[0]
+        elif key == "dataset" and len(words) == 1 and _DATASET_NAME.match(words[0]):
+            options["dataset"] = words[0]  # resolved once --register_module ran: a benchmark or a class
+            overrides.append((key, words[0]))
+        elif key == "dataset" and not words:
+            raise ConfigError("command line", "--dataset", "needs a bundled benchmark name, a dataset class "
+                                                           "or a {ClassName: {kwargs}} mapping")
         elif key in OPTIONS:
             if len(words) != 1:
                 raise ConfigError("command line", f"--{key}", f"takes one value, got {len(words)}")
@@ -116,6 +121,7 @@ def _names(words: list[str], key: str) -> list[str]:
 def run(argv: Sequence[str]) -> int:
     from .runner.comparison_runner import ComparisonRunner
     from .runner.experiment_runner import ExperimentRunner
+    from .runner.main_job_datasets import NO_BENCHMARK
 
     from .runner.config_error import ConfigError
     from .runner.run_output import configure_output
@@ -131,8 +137,9 @@ def run(argv: Sequence[str]) -> int:
         except ImportError as exc:
             raise ConfigError("command line", "--register_module", f"cannot import {module!r}: {exc}") from exc
     root = options.get("root_experiment_folder", "experiments")
-    if "dataset" in options and "experiment_name" in options:
-        raise ValueError("--dataset chooses the main job's data set; with --experiment_name use --config_dataset")
+    benchmark = _choose_dataset(options, overrides)
+    if "experiment_name" in options and "methods" in options:
+        overrides[:0] = _method_overrides(options["methods"])
     if "bayes_opt_iters" in options or "reproductions" in options:
         return _bayesian_search(options, config_names, overrides, root)
     if "experiment_name" in options:
@@ -148,10 +155,14 @@ def run(argv: Sequence[str]) -> int:
     if config_names or "resume_training" in options:
         raise ValueError("--config_* and --resume_training need --experiment_name; without it, "
                          "`pml-ext run` is the main job")
-    dataset = options.get("dataset", "glyphs" if "root_config_folder" not in options else "none")
+    if benchmark is None and "dataset" not in options:
+        benchmark = "glyphs" if "root_config_folder" not in options else NO_BENCHMARK
     runner = ComparisonRunner(root_experiment_folder=root, methods=options.get("methods"), overrides=overrides,
                               root_config_folder=options.get("root_config_folder"),
-                              dataset=None if dataset == "none" else dataset)
+                              dataset=None if benchmark in (None, NO_BENCHMARK) else benchmark)
+    if benchmark is None:
+        settings = "your config folder" if "root_config_folder" in options else "the bundled digits configs"
+        runner.title = f"{options['dataset']} (a dataset class), with the other settings of {settings}"
     result = runner.run()
     if runner.rank != 0:  # under torchrun, rank 0 prints the table
         return 0
@@ -162,6 +173,32 @@ def run(argv: Sequence[str]) -> int:
     if result["plot"]:
         print(f"Plot: {result['plot']}")
     return 0
+
+
+def _choose_dataset(options: dict, overrides: list) -> str | None:
+    """The main-job benchmark ``--dataset`` names (its placeholder override removed), else ``None``
+    (no ``--dataset``, or a dataset class, which stays an override of the config key)."""
+    from .runner.main_job_datasets import choose_dataset
+    from .runner.registry import default_registry
+
+    if "dataset" not in options:
+        return None
+    benchmark, _ = choose_dataset(options["dataset"], default_registry, "experiment_name" in options)
+    if benchmark is not None:
+        overrides.remove(("dataset", options["dataset"]))
+    return benchmark
+
+
+def _method_overrides(names: list[str]) -> list:
+    """``--methods KEY`` with ``--experiment_name``: the bundled method file's config, merged before
+    the command line's overrides (one experiment, or a search over ranges added to it)."""
+    from .runner.comparison_runner import ComparisonRunner
+    from .runner.config_error import ConfigError
+
+    if len(names) != 1:
+        raise ConfigError("command line", "--methods", f"with --experiment_name, give one method file, got {names}")
+    (method,) = ComparisonRunner(methods=names, dataset=None).methods()
+    return list(method["config"].items())
 
 
 def _bayesian_search(options: dict, config_names: dict, overrides: list, root: str) -> int:

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from ..utils.threads import thread_count
+from .config_checks import split_schemes
 from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .evaluate_only import EVALUATE_CHOICES
@@ -124,18 +125,22 @@ class ExperimentRunner:
         if self.resume_training or self.evaluate:
             saved = ExperimentConfig.load_saved(configs_folder)
             return ConfigReader.apply_overrides(saved, self.overrides)
-        if os.path.isdir(configs_folder) and not has_started(self.experiment_folder):
-            LOGGER.warning("%s: an earlier start stopped before its first checkpoint; starting afresh",
-                           self.experiment_folder)
-            remove_failed_start(self.experiment_folder)
-        if os.path.isdir(configs_folder):
+        failed_start = os.path.isdir(configs_folder) and not has_started(self.experiment_folder)
+        if os.path.isdir(configs_folder) and not failed_start:
             raise ValueError(f"experiment_name: {self.experiment_folder} already exists; pass "
                              f"--resume_training latest to continue it, or choose another name")
         if self.config is not None:
-            return ConfigReader.apply_overrides(self.config, self.overrides)
-        return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
+            config = ConfigReader.apply_overrides(self.config, self.overrides)
+        else:
+            config = ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
+        if failed_start:  # only once the new config reads: an earlier start that never got to a checkpoint
+            LOGGER.warning("%s: an earlier start stopped before its first checkpoint; starting afresh",
+                           self.experiment_folder)
+            remove_failed_start(self.experiment_folder)
+        return config
 
-    def general(self, config: ExperimentConfig) -> dict:
+    @staticmethod
+    def general(config: ExperimentConfig) -> dict:
         """PB's general keys with defaults, type-checked (errors name the key and its file)."""
         out = {k: config.get(k, v) for k, v in GENERAL_DEFAULTS.items()}
         for key in ("num_epochs_train", "save_interval"):
@@ -310,9 +315,7 @@ class ExperimentRunner:
         factory = ObjectFactory(config, self.registry)
         seed_all(general["seed"])
         train_data, eval_data = self.datasets(config, factory, raw_train=self.trainer_rules.unsupervised)
-        manager = self.registry.build("split_manager", config.require("split_manager", "config_dataset"),
-                                      config.source_of("split_manager"), "split_manager")
-        schemes = manager.split_schemes(train_data)
+        manager, schemes = split_schemes(self.registry, config, train_data)
         _, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"), config.source_of("tester"),
                                                     "tester")
         check_split_classes(schemes, manager.labels_of(train_data), self.map_splits_to_eval(
