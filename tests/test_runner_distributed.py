@@ -85,3 +85,17 @@ def test_timeouts_must_be_positive_seconds(tmp_path):
                        ("distributed_timeout_seconds", "soon")):
         with pytest.raises(ConfigError, match=f"{key}: must be a finite number of seconds > 0"):
             ExperimentRunner("t", root_experiment_folder=str(tmp_path), overrides=[(key, value)]).run()
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_0_prints_progress(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pml_ext", "run", "--dataset", "digits", "--methods", "pml_triplet_semihard",
+           "--root_experiment_folder", str(tmp_path), "--num_epochs_train", "1",
+           "--trainer~APPLY~2", "{iterations_per_epoch:", "2}"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    progress = [line for line in result.stderr.splitlines() if line.startswith("[1/1] ")]
+    assert len(progress) == 1, result.stderr  # one per rank before
+    assert result.stdout.count("Main job:") == 1

@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 
-__all__ = ["PROGRESS", "configure_output", "EpochProgress", "print_user_error"]
+__all__ = ["PROGRESS", "configure_output", "console_rank", "EpochProgress", "print_user_error"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 PROGRESS = logging.getLogger("pml_ext.runner.progress")  # one line per finished method; always shown
@@ -20,15 +20,28 @@ PROGRESS = logging.getLogger("pml_ext.runner.progress")  # one line per finished
 _console: list[logging.Handler] = []
 
 
+def console_rank() -> int:
+    """This process's rank under ``torchrun`` (its ``RANK`` variable; 0 otherwise): only rank 0 talks."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def configure_output(verbose: bool) -> None:
-    """Console logging for the command line (a second call replaces the first one's handler)."""
+    """Console logging for the command line (a second call replaces the first one's handler).
+
+    Under ``torchrun`` the other ranks print errors only: every rank runs the same steps, so
+    their progress lines and warnings would repeat rank 0's once per rank."""
     root = logging.getLogger()
     while _console:
         root.removeHandler(_console.pop())
     console = logging.StreamHandler(sys.stderr)
     _console.append(console)
     console.setFormatter(logging.Formatter("%(message)s"))
-    if not verbose:  # warnings, and the progress lines of the main job
+    if console_rank() != 0:
+        console.addFilter(lambda r: r.levelno >= logging.ERROR)
+    elif not verbose:  # warnings, and the progress lines of the main job
         console.addFilter(lambda r: r.levelno >= logging.WARNING or r.name == PROGRESS.name)
     root.addHandler(console)
     root.setLevel(logging.INFO)
@@ -76,7 +89,7 @@ class EpochProgress:
         import tqdm
 
         self.bar = tqdm.tqdm(total=num_epochs, initial=start_epoch - 1, desc=name, unit="epoch",
-                             disable=not sys.stderr.isatty(), leave=False)
+                             disable=console_rank() != 0 or not sys.stderr.isatty(), leave=False)
 
     def update(self, epoch: int, score: str = "") -> None:
         if score:
