@@ -196,6 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(argv[1:])
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, where it stopped and how to continue
+        from .runner.run_interrupt import INTERRUPTED_STATUS, interrupt_line
+        from .runner.run_output import console_rank
+
+        if console_rank() == 0:
+            print(interrupt_line(exc, argv[1:]), file=sys.stderr)
+        return INTERRUPTED_STATUS
     except (ValueError, OSError) as exc:  # ConfigError, CheckpointError, ExperimentLocked, paths, encodings
         log_fatal_error_to(_experiment_folder(argv[1:]), exc)
         return print_user_error(exc)

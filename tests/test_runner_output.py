@@ -2,6 +2,11 @@
 warnings once, titled plots with whole-number epochs and legends outside the data, and a re-run
 of the main job that replaces its folders."""
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import matplotlib
 
@@ -68,3 +73,36 @@ def test_plots_have_titles_labels_whole_epochs_and_legends_outside(tmp_path, mon
         assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, never over the curves
     assert figures[2].axes[0].get_ylabel() == "kappa"
     assert setting_label("ctrl_neg_margin") == "neg_margin (controller ctrl)"
+
+
+def pml_ext_command() -> list[str]:
+    """The ``pml-ext`` script when it is installed, else ``python -m pml_ext`` (the same entry point)."""
+    script = shutil.which("pml-ext")
+    return [script] if script else [sys.executable, "-m", "pml_ext"]
+
+
+def test_ctrl_c_ends_with_one_line_naming_where_it_stopped_and_the_resume_command(tmp_path):
+    argv = ["run", "--experiment_name", "stopme", "--root_experiment_folder", str(tmp_path), "--num_epochs_train",
+            "10000", "--save_interval", "1", "--check_untrained_accuracy", "false",
+            "--trainer~APPLY~2", "{iterations_per_epoch: 2}"]
+    proc = subprocess.Popen(pml_ext_command() + argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    marker = tmp_path / "stopme" / SCHEME / "saved_models" / "checkpoint_1.json"
+    try:
+        for _ in range(1200):  # training has saved a checkpoint: it is well inside the epoch loop
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert proc.returncode == 130
+    assert lines[0].startswith(f"interrupted: {tmp_path / 'stopme'}, split scheme {SCHEME}, epoch "), lines[0]
+    assert lines[0].endswith(f"resume with: pml-ext run --experiment_name stopme --root_experiment_folder "
+                             f"{tmp_path} --resume_training latest"), lines[0]
+    assert "KeyboardInterrupt" in (tmp_path / "stopme" / "run.log").read_text()  # the traceback: in run.log only
