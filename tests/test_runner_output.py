@@ -106,3 +106,36 @@ def test_ctrl_c_ends_with_one_line_naming_where_it_stopped_and_the_resume_comman
     assert lines[0].endswith(f"resume with: pml-ext run --experiment_name stopme --root_experiment_folder "
                              f"{tmp_path} --resume_training latest"), lines[0]
     assert "KeyboardInterrupt" in (tmp_path / "stopme" / "run.log").read_text()  # the traceback: in run.log only
+
+
+def test_faiss_clustering_warnings_go_to_run_log_not_the_terminal(tmp_path):
+    # A val split of 90 samples in 5 classes: FAISS's k-means for NMI wants 39 points per centroid
+    # and says so on the process's stderr (from C++) at every evaluation.
+    argv = ["run", "--experiment_name", "quiet", "--root_experiment_folder", str(tmp_path), "--num_epochs_train", "1",
+            "--trainer~APPLY~2", "{iterations_per_epoch: 2}", "--split_manager~APPLY~2", "{val_fraction: 0.1}"]
+    result = subprocess.run(pml_ext_command() + argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "WARNING clustering" not in result.stderr + result.stdout, result.stderr
+    log = (tmp_path / "quiet" / "run.log").read_text()
+    assert log.count("WARNING clustering 90 points to 5 centroids") == 3, log  # epochs -1, 0 and 1 on val
+    assert "MAP@R" in result.stdout  # the table still reaches the terminal
+
+
+def test_the_console_keeps_python_warnings_while_native_output_is_captured(tmp_path):
+    script = """
+import logging, os
+from pml_ext.runner.run_output import LOGGER, configure_output, native_output_to_log
+configure_output(False)
+log = logging.FileHandler("run.log")
+LOGGER.addHandler(log)
+with native_output_to_log():
+    os.write(2, b"noise from C\\n")
+    os.write(1, b"more noise\\n")
+    LOGGER.warning("a warning the user must see")
+print("after")
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "a warning the user must see\n" and result.stdout == "after\n"
+    log = (tmp_path / "run.log").read_text()
+    assert "native library output: noise from C" in log and "native library output: more noise" in log
