@@ -37,6 +37,7 @@ def test_the_main_job_prints_a_few_lines_per_method_and_a_re_run_replaces_its_fo
     table_rows = len(methods) + 2  # + raw pixels and untrained network
     assert len([line for line in out if line.strip()]) <= table_rows + 4, out
     assert not any("\r" in line or "it/s" in line or "TRAINING EPOCH" in line for line in out + err)
+    assert max(len(line) for line in out + err) <= 120, out
     folder = tmp_path / "main_job"
     assert {"pml_triplet_semihard", "lifted_structure"} <= set(os.listdir(folder))
     # a re-run with other methods and epochs: nothing of the first run is left to mix with
@@ -139,3 +140,23 @@ print("after")
     assert result.stderr == "a warning the user must see\n" and result.stdout == "after\n"
     log = (tmp_path / "run.log").read_text()
     assert "native library output: noise from C" in log and "native library output: more noise" in log
+
+
+def test_the_main_job_table_fits_120_columns_with_every_bundled_method_and_long_notes():
+    from pml_ext.runner.comparison_runner import ComparisonRunner
+
+    names = [m["name"] for m in ComparisonRunner(dataset="digits").methods()]
+    notes = "really mined: 0.87 of triplets in 8/10 epochs; kappa 1.53 at the end; " * 3
+    rows = [{"method": name, "P@1": 0.51, "R@4": 0.774, "MAP@R": 0.192, "NMI": 0.789, "epochs": 10,
+             "chosen epoch": 10, "wall time (s)": 123.4, "notes": notes if i % 2 else ""} for i, name in enumerate(names)]
+    rows.insert(0, {"method": "raw pixels, L2-normalised (no network)", "P@1": 0.314, "R@4": 0.523, "MAP@R": 0.062,
+                    "NMI": 0.676, "epochs": 0, "chosen epoch": None, "wall time (s)": None, "notes": ""})
+    table = ComparisonRunner.table(rows)
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 120, table
+    assert lines[0].startswith("method") and lines[0].endswith("wall time (s)")
+    flat = " ".join(table.split())
+    for row in rows:  # every name is there, possibly wrapped onto a second line
+        assert " ".join(row["method"].split()) in flat.replace(" [1]", "").replace(" [2]", "")
+    assert flat.count("really mined: 0.87") == 3 * len(names[1::2])  # the notes, below the table
+    assert "0.1920" in table and "123.4" in table and " - " in table
