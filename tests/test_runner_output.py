@@ -160,3 +160,20 @@ def test_the_main_job_table_fits_120_columns_with_every_bundled_method_and_long_
         assert " ".join(row["method"].split()) in flat.replace(" [1]", "").replace(" [2]", "")
     assert flat.count("really mined: 0.87") == 3 * len(names[1::2])  # the notes, below the table
     assert "0.1920" in table and "123.4" in table and " - " in table
+
+
+def test_help_lists_every_flag_the_readme_and_the_runner_docs_use(capsys):
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).parent.parent
+    launcher = {"nnodes", "node_rank", "nproc_per_node", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "standalone",
+                "key", "config_"}  # torchrun's own flags, and the placeholders --key and --config_<category>
+    used = set()
+    for doc in ("README.md", "docs/runner.md"):
+        used |= set(re.findall(r"--([A-Za-z_]+)(?![-\w])", (root / doc).read_text())) - launcher
+    assert main(["run", "--help"]) == 0
+    usage = capsys.readouterr().out
+    listed = set(re.findall(r"--([A-Za-z_]+)", usage))
+    used = {"config_" if flag.startswith("config_") else flag for flag in used}  # --config_<category>
+    assert "num_threads" in used and not used - listed, sorted(used - listed)
