@@ -79,7 +79,9 @@ def test_a_rank_killed_while_rank_0_waits_at_the_end_of_epoch_barrier_is_reporte
                               "{die_at_step: 2, delay: 8}")
     assert codes[1] == -9 and codes[0] == 1, errors
     assert "rank 0: a collective with the other ranks failed because another rank exited" in errors[0], errors[0]
-    assert "rank 1 left the end-of-epoch barrier" in errors[0] and "within 86400" not in errors[0]
+    assert "within 86400" not in errors[0]
+    # (were rank 0 so slow that rank 1 died first, gloo itself would say the connection closed)
+    assert "rank 1 left the end-of-epoch barrier" in errors[0] or "connection closed" in errors[0].lower()
 
 
 @pytest.mark.slow
