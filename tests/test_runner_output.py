@@ -177,3 +177,17 @@ def test_help_lists_every_flag_the_readme_and_the_runner_docs_use(capsys):
     listed = set(re.findall(r"--([A-Za-z_]+)", usage))
     used = {"config_" if flag.startswith("config_") else flag for flag in used}  # --config_<category>
     assert "num_threads" in used and not used - listed, sorted(used - listed)
+
+
+def test_the_resume_command_keeps_what_names_the_experiment_and_drops_what_the_saved_configs_hold():
+    from pml_ext.runner.run_interrupt import RunInterrupted, interrupt_line, resume_command
+
+    argv = ["--experiment_name", "e", "--root_config_folder", "cfg", "--config_general", "default", "big",
+            "--register_module", "my.plugins", "--trainer~APPLY~2", "{batch_size:", "8}", "--root_experiment_folder",
+            "runs dir"]
+    assert resume_command(argv) == ("pml-ext run --experiment_name e --register_module my.plugins "
+                                    "--root_experiment_folder 'runs dir' --resume_training latest")
+    fresh = interrupt_line(RunInterrupted("runs dir/e, split scheme S, epoch 1 (last checkpoint: none)", False), argv)
+    assert fresh.endswith("nothing was saved yet, so the same command starts it again")
+    main_job = interrupt_line(KeyboardInterrupt(), ["--dataset", "digits"])
+    assert main_job == "interrupted: main job; `pml-ext run --dataset digits` runs it again"

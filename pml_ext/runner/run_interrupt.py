@@ -62,10 +62,11 @@ def resume_command(argv: Sequence[str]) -> str:
 
 def interrupt_line(exc: KeyboardInterrupt, argv: Sequence[str]) -> str:
     """The console's one line after Ctrl-C."""
-    if not isinstance(exc, RunInterrupted):
-        return "interrupted before the run started; nothing was written"
     if "--experiment_name" not in argv:  # the main job starts over when run again
-        return f"interrupted: main job, {exc.where}; `{shlex.join(['pml-ext', 'run', *argv])}` runs it again"
+        where = f"main job, {exc.where}" if isinstance(exc, RunInterrupted) else "main job"
+        return f"interrupted: {where}; `{shlex.join(['pml-ext', 'run', *argv])}` runs it again"
+    if not isinstance(exc, RunInterrupted):
+        return "interrupted before the run started; the same command starts it"
     if not exc.started and "--bayes_opt_iters" not in argv:  # a search resumes from its study
         return f"interrupted: {exc.where}; nothing was saved yet, so the same command starts it again"
     return f"interrupted: {exc.where}; resume with: {resume_command(argv)}"
