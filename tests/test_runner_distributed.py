@@ -116,3 +116,14 @@ def test_under_torchrun_only_rank_0_prints_progress(tmp_path):
     progress = [line for line in result.stderr.splitlines() if line.startswith("[1/1] ")]
     assert len(progress) == 1, result.stderr  # one per rank before
     assert result.stdout.count("Main job:") == 1
+
+
+def test_a_barrier_failing_long_before_its_deadline_names_the_ranks_as_exited_and_one_at_it_as_late():
+    from pml_ext.runner.rank_wait import describe_collective_failure
+
+    gloo = RuntimeError("[Rank 0]: Ranks 1, 3 failed to pass monitoredBarrier in 86400000 ms")
+    early = describe_collective_failure(gloo, 0, 300, 86400, waited=1.9)
+    assert early.startswith("rank 0: a collective with the other ranks failed because another rank exited")
+    assert "rank 1, 3 left the end-of-epoch barrier after 1.9 s, before its 86400 s deadline" in early
+    late = describe_collective_failure(gloo, 0, 300, 86400, waited=86400.2)
+    assert late.startswith("rank 0: other ranks did not reach the end-of-epoch barrier within 86400 s")

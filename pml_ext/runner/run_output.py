@@ -3,6 +3,8 @@
 Every message still goes to the experiment's ``run.log``; the console gets warnings, one progress
 line (a bar on a terminal) per method or epoch, and the final table. PML's per-epoch messages
 and tqdm bars of its trainer and tester only appear with ``--verbose``. A warning is shown once.
+What native libraries print while the accuracy is computed (FAISS's k-means warnings) goes to
+run.log. Under ``torchrun`` only rank 0 prints anything but errors.
 """
 from __future__ import annotations
 
