@@ -8,6 +8,7 @@
                 [--methods KEY]                             # start from a main-job method file's config
     pml-ext run [--dataset glyphs|digits|CLASS] [--methods NAME ...] [--verbose] [--key <yaml> ...]
                                                              # the main job (no experiment name)
+    pml-ext run --help                                       # this text
 
 By default the console shows progress, warnings and the final table (everything is in each
 experiment's run.log); --verbose also shows every log message and PML's own bars. A user error
@@ -15,7 +16,17 @@ experiment's run.log); --verbose also shows every log message and PML's own bars
 
 ``--key <yaml>`` overrides a config key; the value is YAML and may span several shell
 words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N,
-~SWAP~N and ~DELETE~ work in keys at any depth.
+~SWAP~N and ~DELETE~ work in keys at any depth. The general keys most often given:
+
+    --num_epochs_train N   --save_interval N   --patience N|null   --seed N   --device cpu|cuda
+    --num_threads N        torch and FAISS threads (the glyph main job uses 2; on a busy machine: 1)
+    --splits_to_eval val test   --check_untrained_accuracy true|false
+    --distributed_timeout_seconds S   --distributed_eval_timeout_seconds S   (under torchrun)
+
+and whole objects: --trainer, --models, --optimizers, --loss_funcs, --mining_funcs, --sampler,
+--controllers, --tester, --hook_container, --dataset {Name: {...}}, --split_manager.
+PB's --evaluate_ensemble and --reproduce_results are refused, with the reason. Ctrl-C stops a
+run with one line naming the command that resumes it. Docs: docs/runner.md.
 """
 from __future__ import annotations
 
@@ -233,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(argv[1:])
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, where it stopped and how to continue
+        from .runner.run_interrupt import INTERRUPTED_STATUS, interrupt_line
+        from .runner.run_output import console_rank
+
+        if console_rank() == 0:
+            print(interrupt_line(exc, argv[1:]), file=sys.stderr)
+        return INTERRUPTED_STATUS
     except (ValueError, OSError) as exc:  # ConfigError, CheckpointError, ExperimentLocked, paths, encodings
         log_fatal_error_to(_experiment_folder(argv[1:]), exc)
         return print_user_error(exc)

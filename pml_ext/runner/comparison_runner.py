@@ -259,19 +259,19 @@ class ComparisonRunner:
 
     @staticmethod
     def table(rows: list[dict]) -> str:
-        """The comparison as aligned text: method, P@1, MAP@R, NMI, epochs, wall time."""
-        import pandas as pd
+        """The comparison as aligned text within 120 columns: method (wrapped), the metrics, epochs,
+        the chosen epoch and the wall time; each method's notes below the table."""
+        from .text_table import text_table
 
         if not rows:
             return "(no method ran)"
-        def seconds(v):
-            return "-" if v is None or v != v else f"{v:.1f}"
 
-        def epoch(v):
-            return "-" if v is None or v != v else f"{int(v)}"
+        def number(digits: int):
+            return lambda v: "-" if v is None or v != v else f"{v:.{digits}f}"
 
-        return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-",
-                                            formatters={"wall time (s)": seconds, "chosen epoch": epoch})
+        formats = {**{c: number(4) for c in TABLE_COLUMNS}, "epochs": number(0), "chosen epoch": number(0),
+                   "wall time (s)": number(1)}
+        return text_table(rows, "method", list(formats), formats, notes_column="notes")
 
     def plot(self, curves: dict, raw_map_at_r: float | None = None) -> str:
         """``comparison.png``: test MAP@R per epoch, one line per method (epoch 0 = untrained)."""

@@ -37,6 +37,7 @@ from .rank_wait import describe_collective_failure
 from .registry import default_registry, Registry
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
                         log_fatal_error, remove_failed_start)
+from .run_interrupt import RunInterrupted, interrupted_at
 from .run_records import seed_all
 from .scheme_run import SchemeRun
 from .search_space import reject_search_keys
@@ -256,6 +257,9 @@ class ExperimentRunner:
             log_fatal_error(handler, exc)
             if wrote_config:
                 remove_failed_start(self.experiment_folder)
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+                raise RunInterrupted(interrupted_at(self.experiment_folder, self.objects),
+                                     has_started(self.experiment_folder)) from None
             message = describe_collective_failure(exc, self.rank, general["distributed_timeout_seconds"],
                                                   general["distributed_eval_timeout_seconds"]) \
                 if isinstance(exc, RuntimeError) and distributed and "rank " not in str(exc)[:8] else None
