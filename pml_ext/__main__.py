@@ -5,8 +5,10 @@
                 [--register_module MODULE ...] [--verbose] [--key <yaml> ...]
                 [--evaluate [best|latest]]                  # test saved models, no training
                 [--bayes_opt_iters N [--reproductions M]]  # Bayesian search over ~BAYESIAN~ ranges
-    pml-ext run [--dataset glyphs|digits] [--methods NAME ...] [--verbose] [--key <yaml> ...]
+                [--methods KEY]                             # start from a main-job method file's config
+    pml-ext run [--dataset glyphs|digits|CLASS] [--methods NAME ...] [--verbose] [--key <yaml> ...]
                                                              # the main job (no experiment name)
+    pml-ext run --help                                       # this text
 
 By default the console shows progress, warnings and the final table (everything is in each
 experiment's run.log); --verbose also shows every log message and PML's own bars. A user error
@@ -14,7 +16,17 @@ experiment's run.log); --verbose also shows every log message and PML's own bars
 
 ``--key <yaml>`` overrides a config key; the value is YAML and may span several shell
 words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N,
-~SWAP~N and ~DELETE~ work in keys at any depth.
+~SWAP~N and ~DELETE~ work in keys at any depth. The general keys most often given:
+
+    --num_epochs_train N   --save_interval N   --patience N|null   --seed N   --device cpu|cuda
+    --num_threads N        torch and FAISS threads (the glyph main job uses 2; on a busy machine: 1)
+    --splits_to_eval val test   --check_untrained_accuracy true|false
+    --distributed_timeout_seconds S   --distributed_eval_timeout_seconds S   (under torchrun)
+
+and whole objects: --trainer, --models, --optimizers, --loss_funcs, --mining_funcs, --sampler,
+--controllers, --tester, --hook_container, --dataset {Name: {...}}, --split_manager.
+PB's --evaluate_ensemble and --reproduce_results are refused, with the reason. Ctrl-C stops a
+run with one line naming the command that resumes it. Docs: docs/runner.md.
 """
 from __future__ import annotations
 
@@ -27,9 +39,9 @@ import yaml
 
 USAGE = __doc__.replace("``", "")
 OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training"}
-# ``--dataset glyphs|digits|none`` picks the main job's data set; any other value of
-# ``--dataset`` is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
-MAIN_JOB_DATASET_NAMES = ("glyphs", "digits", "none")
+# ``--dataset NAME`` (one word) is a bundled benchmark or a dataset class (.runner.main_job_datasets);
+# a YAML mapping is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
+_DATASET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 LIST_OPTIONS = {"register_module", "methods"}
 FLAGS = {"verbose"}
 INT_OPTIONS = {"bayes_opt_iters", "reproductions"}
@@ -77,8 +89,12 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
             if len(words) != 1 or not words[0].isdigit():
                 raise ConfigError("command line", f"--{key}", f"takes one integer, got {words}")
             options[key] = int(words[0])
-        elif key == "dataset" and len(words) == 1 and words[0] in MAIN_JOB_DATASET_NAMES:
-            options["dataset"] = words[0]
+        elif key == "dataset" and len(words) == 1 and _DATASET_NAME.match(words[0]):
+            options["dataset"] = words[0]  # resolved once --register_module ran: a benchmark or a class
+            overrides.append((key, words[0]))
+        elif key == "dataset" and not words:
+            raise ConfigError("command line", "--dataset", "needs a bundled benchmark name, a dataset class "
+                                                           "or a {ClassName: {kwargs}} mapping")
         elif key in OPTIONS:
             if len(words) != 1:
                 raise ConfigError("command line", f"--{key}", f"takes one value, got {len(words)}")
@@ -116,6 +132,7 @@ def _names(words: list[str], key: str) -> list[str]:
 def run(argv: Sequence[str]) -> int:
     from .runner.comparison_runner import ComparisonRunner
     from .runner.experiment_runner import ExperimentRunner
+    from .runner.main_job_datasets import NO_BENCHMARK
 
     from .runner.config_error import ConfigError
     from .runner.run_output import configure_output
@@ -131,8 +148,9 @@ def run(argv: Sequence[str]) -> int:
         except ImportError as exc:
             raise ConfigError("command line", "--register_module", f"cannot import {module!r}: {exc}") from exc
     root = options.get("root_experiment_folder", "experiments")
-    if "dataset" in options and "experiment_name" in options:
-        raise ValueError("--dataset chooses the main job's data set; with --experiment_name use --config_dataset")
+    benchmark = _choose_dataset(options, overrides)
+    if "experiment_name" in options and "methods" in options:
+        overrides[:0] = _method_overrides(options["methods"])
     if "bayes_opt_iters" in options or "reproductions" in options:
         return _bayesian_search(options, config_names, overrides, root)
     if "experiment_name" in options:
@@ -148,10 +166,14 @@ def run(argv: Sequence[str]) -> int:
     if config_names or "resume_training" in options:
         raise ValueError("--config_* and --resume_training need --experiment_name; without it, "
                          "`pml-ext run` is the main job")
-    dataset = options.get("dataset", "glyphs" if "root_config_folder" not in options else "none")
+    if benchmark is None and "dataset" not in options:
+        benchmark = "glyphs" if "root_config_folder" not in options else NO_BENCHMARK
     runner = ComparisonRunner(root_experiment_folder=root, methods=options.get("methods"), overrides=overrides,
                               root_config_folder=options.get("root_config_folder"),
-                              dataset=None if dataset == "none" else dataset)
+                              dataset=None if benchmark in (None, NO_BENCHMARK) else benchmark)
+    if benchmark is None:
+        settings = "your config folder" if "root_config_folder" in options else "the bundled digits configs"
+        runner.title = f"{options['dataset']} (a dataset class), with the other settings of {settings}"
     result = runner.run()
     if runner.rank != 0:  # under torchrun, rank 0 prints the table
         return 0
@@ -162,6 +184,32 @@ def run(argv: Sequence[str]) -> int:
     if result["plot"]:
         print(f"Plot: {result['plot']}")
     return 0
+
+
+def _choose_dataset(options: dict, overrides: list) -> str | None:
+    """The main-job benchmark ``--dataset`` names (its placeholder override removed), else ``None``
+    (no ``--dataset``, or a dataset class, which stays an override of the config key)."""
+    from .runner.main_job_datasets import choose_dataset
+    from .runner.registry import default_registry
+
+    if "dataset" not in options:
+        return None
+    benchmark, _ = choose_dataset(options["dataset"], default_registry, "experiment_name" in options)
+    if benchmark is not None:
+        overrides.remove(("dataset", options["dataset"]))
+    return benchmark
+
+
+def _method_overrides(names: list[str]) -> list:
+    """``--methods KEY`` with ``--experiment_name``: the bundled method file's config, merged before
+    the command line's overrides (one experiment, or a search over ranges added to it)."""
+    from .runner.comparison_runner import ComparisonRunner
+    from .runner.config_error import ConfigError
+
+    if len(names) != 1:
+        raise ConfigError("command line", "--methods", f"with --experiment_name, give one method file, got {names}")
+    (method,) = ComparisonRunner(methods=names, dataset=None).methods()
+    return list(method["config"].items())
 
 
 def _bayesian_search(options: dict, config_names: dict, overrides: list, root: str) -> int:
@@ -196,6 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return run(argv[1:])
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, where it stopped and how to continue
+        from .runner.run_interrupt import INTERRUPTED_STATUS, interrupt_line
+        from .runner.run_output import console_rank
+
+        if console_rank() == 0:
+            print(interrupt_line(exc, argv[1:]), file=sys.stderr)
+        return INTERRUPTED_STATUS
     except (ValueError, OSError) as exc:  # ConfigError, CheckpointError, ExperimentLocked, paths, encodings
         log_fatal_error_to(_experiment_folder(argv[1:]), exc)
         return print_user_error(exc)

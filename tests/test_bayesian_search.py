@@ -14,6 +14,7 @@ import yaml
 from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ExperimentRunner
 from pml_ext.runner.bayesian_search import BayesianSearch
+from pml_ext.runner.search_space import search_space
 
 optuna = pytest.importorskip("optuna")
 
@@ -100,9 +101,14 @@ def test_a_search_killed_between_trials_resumes_without_repeating_a_finished_tri
 def test_search_start_up_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"a search range needs a Bayesian search: add --bayes_opt_iters"):
         ExperimentRunner("x", root_experiment_folder=str(tmp_path), overrides=OVERRIDES).run()
-    no_val = [o for o in OVERRIDES if o[0] not in ("splits_to_eval", "hook_container~APPLY~2", "split_manager~APPLY~2")]
-    with pytest.raises(ConfigError, match=r"a Bayesian search chooses trials on the validation split"):
+    no_val = [o for o in OVERRIDES if o[0] not in ("splits_to_eval", "split_manager~APPLY~2")] + \
+        [("split_manager~APPLY~2", {"val_fraction": 0})]  # the bundled split, less its held-out val
+    with pytest.raises(ConfigError, match=r"config_dataset \(.*\): split_manager.ClassDisjointSplitManager: makes no "
+                                          r"'val' split \(only train, test\).*val_fraction: 0.25"):
         BayesianSearch("y", 2, root_experiment_folder=str(tmp_path), overrides=no_val).run()
+    with pytest.raises(ConfigError, match=r"hook_container.validation_split_name: is 'train'; a Bayesian search"):
+        BayesianSearch("y", 2, root_experiment_folder=str(tmp_path), overrides=OVERRIDES + [
+            ("splits_to_eval", ["train", "val"]), ("hook_container~APPLY~2", {"validation_split_name": "train"})]).run()
     assert not (tmp_path / "y").exists()  # a refused search leaves no folder to resume
     with pytest.raises(ConfigError, match=r"needs at least one ~BAYESIAN~"):
         BayesianSearch("z", 2, root_experiment_folder=str(tmp_path), overrides=OVERRIDES[:-1]).run()
@@ -123,3 +129,86 @@ def test_the_command_line_runs_a_search(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Best trial: cli0 (validation accuracy" in out and "| 0 | cli0 |" in out
+
+
+TINY = ["--num_epochs_train", "1", "--check_untrained_accuracy", "false", "--trainer~APPLY~2",
+        "{iterations_per_epoch: 1}"]
+
+
+def cli_search(root, name, iters, *extra) -> int:
+    return main(["run", "--experiment_name", name, "--root_experiment_folder", str(root), "--bayes_opt_iters",
+                 str(iters), *extra])
+
+
+def saved(folder, category) -> dict:
+    return yaml.safe_load((folder / "configs" / f"{category}.yaml").read_text())
+
+
+def test_the_documented_search_runs_on_the_bundled_digits_configs(tmp_path, capsys):
+    # the bundled split holds out a quarter of each training class as val (val_fraction, one partition)
+    assert cli_search(tmp_path, "s", 2, "--config_optimizers", "default", "with_lr_bayes_opt", *TINY) == 0
+    assert "Best trial: s" in capsys.readouterr().out
+    from pml_ext.runner.config_reader import BUNDLED_CONFIG_FOLDER
+
+    with open(f"{BUNDLED_CONFIG_FOLDER}/config_optimizers/with_lr_bayes_opt.yaml") as f:
+        low, high = yaml.safe_load(f)["optimizers~APPLY~3"]["lr~LOG_BAYESIAN~"]
+    best = yaml.safe_load((tmp_path / "s" / "best_parameters.yaml").read_text())
+    for trial in ("s0", "s1"):
+        optimizers = saved(tmp_path / "s" / trial, "config_optimizers")["optimizers"]
+        for name in ("trunk_optimizer", "embedder_optimizer"):  # each optimizer's lr is a parameter of its own
+            assert low <= optimizers[name]["Adam"]["lr"] <= high
+    trial = tmp_path / "s" / best["best_sub_experiment_name"]
+    with sqlite3.connect(trial / "Test50_50_Partitions1_0" / "saved_csvs" / "logs.db") as conn:
+        (value,), = conn.execute("SELECT mean_average_precision_at_r_level0 FROM accuracies_normalized_"
+                                 "GlobalEmbeddingSpaceTester_level_0_VAL_vs_self").fetchall()
+    assert best["validation_accuracy"] == pytest.approx(value, abs=1e-9)
+
+
+def test_a_search_failing_at_start_up_leaves_nothing_to_trip_over(tmp_path, capsys):
+    # PB's class-disjoint val partition; the first trial fails at start-up (no batch can be drawn)
+    space = ["--split_manager~APPLY~2", "{num_training_partitions: 2, num_training_sets: 1, val_fraction: 0}",
+             "--optimizers", "{embedder_optimizer: {Adam: {lr~LOG_BAYESIAN~: [0.0001, 0.1]}}}", *TINY[:4]]
+    assert cli_search(tmp_path, "s", 2, *space, "--trainer~APPLY~2", "{batch_size: 100000}") == 2
+    assert "trainer.batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "configs").exists() and not list((tmp_path / "s").glob("optuna.db*"))
+    # the corrected command runs as a new search, with its own overrides
+    assert cli_search(tmp_path, "s", 1, *space, "--trainer~APPLY~2", "{iterations_per_epoch: 1}") == 0
+    assert saved(tmp_path / "s", "config_general")["trainer"]["MetricLossOnly"]["batch_size"] == 64
+
+
+def test_resuming_a_search_with_another_config_is_refused_not_ignored(finished):
+    root, _ = finished
+    with pytest.raises(ConfigError, match=r"--resume_training: .* searches another config \(this command changes "
+                                          r"num_epochs_train\)"):
+        BayesianSearch("bo", 4, root_experiment_folder=str(root.parent), overrides=OVERRIDES + [
+            ("num_epochs_train", 2)], resume_training="latest").run()
+    assert len(list(root.glob("bo[0-9]*"))) == 3  # no trial started
+
+
+def test_a_search_over_a_margin_in_a_bundled_method_file(tmp_path):
+    from pml_ext.runner import ComparisonRunner
+
+    (method,) = ComparisonRunner(methods=["pml_triplet_semihard"], dataset=None).methods()
+    assert cli_search(tmp_path, "m", 2, "--methods", "pml_triplet_semihard", *TINY,
+                      "--loss_funcs~APPLY~3", "{margin~BAYESIAN~: [0.05, 0.5]}") == 0
+    margins = []
+    for trial in ("m0", "m1"):
+        config = saved(tmp_path / "m" / trial, "config_loss_and_miners")
+        margins.append(config["loss_funcs"]["metric_loss"]["TripletMarginLoss"]["margin"])
+        assert config["mining_funcs"] == method["config"]["mining_funcs~OVERRIDE~"]  # the method file's miner
+    assert all(0.05 <= m <= 0.5 for m in margins) and margins[0] != margins[1]
+
+
+def test_the_search_accepts_the_glyph_benchmarks_val_partition_and_writes_nothing_to_check_it(tmp_path):
+    glyphs = {"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"],
+              "config_loss_and_miners": ["default", "glyphs"], "config_optimizers": ["default", "with_lr_bayes_opt"]}
+    small = [("dataset~APPLY~2", {"characters": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+                                  "cache_dir": str(tmp_path / "cache")})]
+    found = BayesianSearch("g", 2, root_experiment_folder=str(tmp_path / "runs"), config_names=glyphs, overrides=small)
+    base = found.read_config()
+    found.check_selects_on_validation(base, search_space(base))  # 10 class-disjoint partitions: val is the first
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match=r"glyphs\.yaml, command line\): split_manager.ClassDisjointSplitManager: "
+                                          r"makes no 'val' split"):
+        BayesianSearch("g", 2, root_experiment_folder=str(tmp_path / "runs"), config_names=glyphs, overrides=small + [
+            ("split_manager~APPLY~2", {"num_training_partitions": 1})]).run()

@@ -1,7 +1,8 @@
 """The README's and docs/'s Python examples run as tests, so they cannot rot.
 
 Every ```python block of a file runs in order in one namespace per file (like a reader
-pasting them into one session). A block preceded by ``<!-- no-test -->`` is skipped.
+pasting them into one session). A block preceded by ``<!-- no-test -->`` is skipped. Every block
+that runs asserts what it shows (a block that only printed would pass whatever it printed).
 """
 import pathlib
 import re
@@ -23,3 +24,9 @@ def test_doc_examples_run(path, tmp_path, monkeypatch):
     namespace = {"__name__": f"doc_{path.stem}"}
     for i, code in enumerate(python_blocks(path)):
         exec(compile(code, f"{path.name}[block {i}]", "exec"), namespace)
+
+
+@pytest.mark.parametrize("path", [p for p in DOC_FILES if python_blocks(p)], ids=lambda p: p.name)
+def test_every_doc_example_asserts_what_it_shows(path):
+    silent = [i for i, code in enumerate(python_blocks(path)) if not re.search(r"^\s*assert ", code, re.M)]
+    assert not silent, f"{path.name}: blocks {silent} run without an assert"

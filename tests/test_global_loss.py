@@ -10,9 +10,10 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from pml_ext import GlobalLoss, RatioTripletLoss, SmartMiner
 
 
-def data(num=12, dim=5, seed=0):
+def data(num=12, dim=5, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(num, dim, generator=gen, dtype=torch.float64), torch.randint(0, 3, (num,), generator=gen)
+    emb, labels = torch.randn(num, dim, generator=gen, dtype=torch.float64), torch.randint(0, 3, (num,), generator=gen)
+    return emb.to(device), labels.to(device)
 
 
 def loop_global(emb, triplets, lambda_, t):
@@ -34,14 +35,14 @@ def loop_global(emb, triplets, lambda_, t):
 
 
 @pytest.mark.parametrize("lambda_, t", [(1.0, 0.01), (0.5, 0.3), (0.0, 0.01)])
-def test_all_triplets_from_labels_match_the_loop(lambda_, t):
-    emb, labels = data()
+def test_all_triplets_from_labels_match_the_loop(lambda_, t, device):
+    emb, labels = data(device=device)
     expected = loop_global(emb, lmu.get_all_triplets_indices(labels), lambda_, t)
     assert GlobalLoss(lambda_=lambda_, t=t)(emb, labels).item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_mined_triplets_and_pairs_match_the_loop():
-    emb, labels = data(num=30, seed=1)
+def test_mined_triplets_and_pairs_match_the_loop(device):
+    emb, labels = data(num=30, seed=1, device=device)
     triplets = SmartMiner(kappa=1.0)(emb, labels)
     expected = loop_global(emb, triplets, 2.0, 0.01)
     assert GlobalLoss(lambda_=2.0)(emb, labels, triplets).item() == pytest.approx(expected, rel=1e-12)
@@ -58,11 +59,11 @@ def test_cosine_similarity_gives_the_same_value():
 
 
 @pytest.mark.parametrize("seed", [3, 6])
-def test_gradcheck_float64(seed):
+def test_gradcheck_float64(seed, device):
     # mean(d+) - mean(d-) is +0.054 for seed 3 (hinge active with t = 0.01) and -0.222 for
     # seed 6 (hinge off): both sides of the max are checked, away from its kink.
     t = 0.01
-    emb, labels = data(num=8, seed=seed)
+    emb, labels = data(num=8, seed=seed, device=device)
     loss = GlobalLoss(lambda_=1.5, t=t)
     assert torch.autograd.gradcheck(lambda x: loss(x, labels), (emb.clone().requires_grad_(True),))
 

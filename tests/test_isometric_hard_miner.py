@@ -27,12 +27,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def clustered_batch(seed, batch=40, dim=6, classes=4, noise=0.01):
+def clustered_batch(seed, batch=40, dim=6, classes=4, noise=0.01, device="cpu"):
     """Tight clusters around unit-norm centres: a healthy, well-separated batch."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(batch) % classes
     centres = torch.nn.functional.normalize(torch.randn(classes, dim, generator=gen), dim=1)
-    return centres[labels] + noise * torch.randn(batch, dim, generator=gen), labels
+    emb = centres[labels] + noise * torch.randn(batch, dim, generator=gen)
+    return emb.to(device), labels.to(device)
 
 
 def collapsed_batch(seed, batch=40, dim=6, classes=4):
@@ -70,10 +71,10 @@ def brute_force_stats(emb, labels, margin, similarity=False):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("similarity", [False, True])
-def test_statistics_match_a_brute_force_loop_over_anchors(seed, similarity):
+def test_statistics_match_a_brute_force_loop_over_anchors(seed, similarity, device):
     gen = torch.Generator().manual_seed(seed)
-    emb = torch.randn(23, 5, generator=gen)
-    labels = torch.randint(0, 4, (23,), generator=gen)
+    emb = torch.randn(23, 5, generator=gen).to(device)
+    labels = torch.randint(0, 4, (23,), generator=gen).to(device)
     labels[0] = 9  # a lone class: anchor 0 has no positive and must be skipped
     distance = CosineSimilarity() if similarity else LpDistance()
     miner = IsometricHardMiner(margin=MARGIN, distance=distance, collect_stats=True)
@@ -99,8 +100,8 @@ def test_relative_spread_is_scale_free_and_spread_is_in_margins():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_healthy_batch_gives_exactly_batch_hard_triplets(seed):
-    emb, labels = clustered_batch(seed)
+def test_healthy_batch_gives_exactly_batch_hard_triplets(seed, device):
+    emb, labels = clustered_batch(seed, device=device)
     miner = IsometricHardMiner(margin=MARGIN)
     ours = miner(emb, labels)
     assert miner.semi_hard_mode == 0.0 and miner.collapse_detected == 0.0

@@ -10,10 +10,10 @@ import pml_ext
 from pml_ext import LiftedStructureLoss
 
 
-def make_batch(batch_size=24, dim=8, num_classes=4, dtype=torch.float64, seed=0, scale=1.0):
+def make_batch(batch_size=24, dim=8, num_classes=4, dtype=torch.float64, seed=0, scale=1.0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    emb = (torch.randn(batch_size, dim, generator=g, dtype=dtype) * scale).requires_grad_()
-    labels = torch.randint(0, num_classes, (batch_size,), generator=g)
+    emb = (torch.randn(batch_size, dim, generator=g, dtype=dtype) * scale).to(device).requires_grad_()
+    labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
     return emb, labels
 
 
@@ -41,8 +41,8 @@ def paper_loss(emb, labels, alpha=1.0):
 
 @pytest.mark.parametrize("seed,num_classes,alpha", [(0, 4, 1.0), (1, 2, 0.5), (2, 6, 2.0), (3, 3, 1.0)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_paper_formula(seed, num_classes, alpha, dtype):
-    emb, labels = make_batch(20, 5, num_classes, dtype=dtype, seed=seed)
+def test_matches_paper_formula(seed, num_classes, alpha, dtype, device):
+    emb, labels = make_batch(20, 5, num_classes, dtype=dtype, seed=seed, device=device)
     loss = LiftedStructureLoss(neg_margin=alpha, distance=distances.LpDistance(normalize_embeddings=False))
     expected = paper_loss(emb, labels, alpha)
     rtol = 1e-5 if dtype == torch.float32 else 1e-10
@@ -119,8 +119,8 @@ def test_same_as_pml_over_tuples_and_distances(tuple_name, dist_name, dtype):
 
 @pytest.mark.parametrize("reducer_name", list(REDUCERS))
 @pytest.mark.parametrize("tuple_name", ["labels", "MultiSimilarityMiner"])
-def test_same_as_pml_over_reducers(reducer_name, tuple_name):
-    emb, labels = make_batch(30, 6, 4, dtype=torch.float64, seed=7)
+def test_same_as_pml_over_reducers(reducer_name, tuple_name, device):
+    emb, labels = make_batch(30, 6, 4, dtype=torch.float64, seed=7, device=device)
     tuples = _tuples(tuple_name, emb, labels)
     assert_same_as_pml(emb, labels, tuples, torch.float64, reducer=REDUCERS[reducer_name])
 

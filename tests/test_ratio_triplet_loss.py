@@ -11,9 +11,10 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 from pml_ext import RatioTripletLoss
 
 
-def data(num=12, dim=5, seed=0):
+def data(num=12, dim=5, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(num, dim, generator=gen, dtype=torch.float64), torch.randint(0, 3, (num,), generator=gen)
+    emb, labels = torch.randn(num, dim, generator=gen, dtype=torch.float64), torch.randint(0, 3, (num,), generator=gen)
+    return emb.to(device), labels.to(device)
 
 
 def loop_losses(emb, triplets, margin, normalize=True):
@@ -28,14 +29,14 @@ def loop_losses(emb, triplets, margin, normalize=True):
     return [max(0.0, 1 - dist(a, n) / (dist(a, p) + margin)) for a, p, n in zip(*(t.tolist() for t in triplets))]
 
 
-def test_all_triplets_from_labels_match_the_loop_with_the_mean_reducer():
-    emb, labels = data()
+def test_all_triplets_from_labels_match_the_loop_with_the_mean_reducer(device):
+    emb, labels = data(device=device)
     expected = loop_losses(emb, lmu.get_all_triplets_indices(labels), 0.2)
     assert RatioTripletLoss()(emb, labels).item() == pytest.approx(sum(expected) / len(expected), rel=1e-12)
 
 
-def test_per_triplet_values_and_avg_non_zero_reducer_on_given_triplets():
-    emb, labels = data(seed=1)
+def test_per_triplet_values_and_avg_non_zero_reducer_on_given_triplets(device):
+    emb, labels = data(seed=1, device=device)
     triplets = lmu.get_random_triplet_indices(labels, t_per_anchor=3)
     expected = loop_losses(emb, triplets, 0.3)
     values = RatioTripletLoss(margin=0.3, reducer=DoNothingReducer())(emb, labels, triplets)["loss"]["losses"]
@@ -62,8 +63,8 @@ def test_zero_exactly_where_pml_triplet_margin_loss_is_zero():
     assert torch.equal(ours > 0, pml > 0)
 
 
-def test_gradcheck_float64():
-    emb, labels = data(num=8, seed=4)
+def test_gradcheck_float64(device):
+    emb, labels = data(num=8, seed=4, device=device)
     triplets = lmu.get_all_triplets_indices(labels)
     loss = RatioTripletLoss(margin=0.2)
     assert torch.autograd.gradcheck(lambda x: loss(x, labels, triplets), (emb.clone().requires_grad_(True),))

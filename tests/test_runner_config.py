@@ -9,13 +9,14 @@ import pathlib
 
 import pytest
 import yaml
+from suite_options import PB_CONFIGS
 
 from pml_ext.__main__ import parse_run_args
 from pml_ext.runner import ConfigError, ConfigReader, ExperimentConfig, ExperimentRunner
 from pml_ext.runner.config_merge import merge_configs
 
 PB = pathlib.Path(__file__).parent / "data" / "pb_configs"  # pml_ext's fixtures in PB's layout
-PB_REAL = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "pb_configs"
+PB_REAL = PB_CONFIGS
 SEARCH_FILES = {"config_optimizers/with_lr_search.yaml"}
 
 
@@ -51,7 +52,7 @@ def test_pb_folder_lists_categories_and_defaults_from_config_foldernames():
     assert all(v == ["default"] for v in reader.default_names.values())
 
 
-@pytest.mark.skipif(not PB_REAL.is_dir(), reason=f"PB's config folder is not at {PB_REAL}")
+@pytest.mark.pb_configs
 def test_with_daml_gives_pbs_documented_result():
     # PB's docs/yaml_syntax.md: default + with_daml swaps MetricLossOnly for
     # DeepAdversarialMetricLearning (SWAP 1) and applies the DAML kwargs (APPLY 2), on PB's files:

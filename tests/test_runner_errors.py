@@ -5,10 +5,12 @@ import pathlib
 import shutil
 
 import pytest
+import torch
 
 from pml_ext.__main__ import main
 from pml_ext.runner.config_reader import BUNDLED_CONFIG_FOLDER
 
+CUDA_COUNT = torch.cuda.device_count() if torch.cuda.is_available() else 0
 FAST = ["--num_epochs_train", "1", "--trainer~APPLY~2", "{iterations_per_epoch: 2}",
         "--check_untrained_accuracy", "false", "--log_data_to_tensorboard", "false"]
 
@@ -29,7 +31,9 @@ def assert_user_error(status, lines, *fragments):
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--device", "cuda"], ["config_general", "device: 'cuda': this machine has 0 CUDA device(s)"]),
+    # one index past the last CUDA device: an error on every machine, with or without GPUs
+    (["--device", f"cuda:{CUDA_COUNT}"],
+     ["config_general", f"device: 'cuda:{CUDA_COUNT}': this machine has {CUDA_COUNT} CUDA device(s)"]),
     (["--device", "tpu9"], ["device: 'tpu9' is not a device"]),
     (["--loss_funcs~APPLY~3", "{margin: abc}"],
      ["config_loss_and_miners", "TripletMarginLoss.margin: must be a number"]),

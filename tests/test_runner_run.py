@@ -195,8 +195,8 @@ def test_epoch_updates_and_a_controller_get_their_calls_from_the_run(tmp_path):
     assert query(db, 'SELECT "~iteration~", margin_margin FROM controller_settings') == [(1, 0.1), (2, 0.05)]
     assert (tmp_path / "fake" / "controller_margin_margin.png").is_file()
     # The steered setting is saved with the models and restored on resume.
-    assert torch.load(saved / "controller_margin_2.pth") == {"setting": pytest.approx(0.05),
-                                                              "controller": {"steps": 2}}
+    assert torch.load(saved / "controller_margin_2.pth") == {"version": 1, "setting": pytest.approx(0.05),
+                                                                           "controller": {"steps": 2}}
     ExperimentRunner("fake", root_experiment_folder=str(tmp_path), resume_training="latest",
                      overrides=[("num_epochs_train", 3)], registry=registry).run()
     resumed = HalvingController.instances[-1]

@@ -13,11 +13,12 @@ from pml_ext import SmartMiner, smart_triplets
 from test_smart_triplets import OUTSIDE, algorithm1_reference
 
 
-def batch(num=48, dim=8, num_classes=4, seed=0, dtype=torch.float64):
+def batch(num=48, dim=8, num_classes=4, seed=0, dtype=torch.float64, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (num,), generator=gen)
     centers = torch.randn(num_classes, dim, generator=gen, dtype=dtype)
-    return centers[labels] + 0.8 * torch.randn(num, dim, generator=gen, dtype=dtype), labels
+    emb = centers[labels] + 0.8 * torch.randn(num, dim, generator=gen, dtype=dtype)
+    return emb.to(device), labels.to(device)
 
 
 def unit_sq(emb):
@@ -26,8 +27,8 @@ def unit_sq(emb):
 
 
 @pytest.mark.parametrize("kappa", [1.0, 2.0, 4.0])
-def test_in_batch_triplets_follow_algorithm1_on_the_batch_matrix(kappa):
-    emb, labels = batch(seed=int(kappa))
+def test_in_batch_triplets_follow_algorithm1_on_the_batch_matrix(kappa, device):
+    emb, labels = batch(seed=int(kappa), device=device)
     a, p, n = SmartMiner(kappa=kappa)(emb, labels)
     sq = unit_sq(emb)
     lab = labels.tolist()
@@ -43,8 +44,8 @@ def test_in_batch_triplets_follow_algorithm1_on_the_batch_matrix(kappa):
             assert got == [(p_, n_) for _, p_, n_ in plan if p_ != OUTSIDE]
 
 
-def test_in_batch_output_obeys_eq6_order_and_uniqueness():
-    emb, labels = batch(num=96, seed=5)
+def test_in_batch_output_obeys_eq6_order_and_uniqueness(device):
+    emb, labels = batch(num=96, seed=5, device=device)
     miner = SmartMiner(kappa=1.5)
     a, p, n = miner(emb, labels)
     sq = unit_sq(emb)
@@ -80,8 +81,8 @@ def test_same_seed_same_triplets():
     assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 
-def test_composes_with_triplet_margin_loss():
-    emb, labels = batch(seed=6)
+def test_composes_with_triplet_margin_loss(device):
+    emb, labels = batch(seed=6, device=device)
     emb.requires_grad_(True)
     triplets = SmartMiner(kappa=1.0)(emb, labels)
     loss = TripletMarginLoss(margin=0.2)(emb, labels, triplets)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from pytorch_metric_learning.utils import common_functions as c_f
 
-from ..utils.checks import check_int
+from ..utils.checks import check_int, check_state_version
 from ..utils.distributed import mean_across_ranks
 from .control_rule import ControlRule
 from .controller_state import parse_state
@@ -321,15 +321,11 @@ class AdaptiveController(PMLTrainerHooks):
 
         The whole state is validated (types, finiteness, ranges against the measure) before
         anything changes: a rejected state raises and leaves controller and module as they were."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        if state.get("version") == 1:  # saved before the step log: nothing was recorded
-            state = {**_V2_DEFAULTS, **state, "version": _STATE_VERSION}
+        if check_state_version(state, "AdaptiveController", _STATE_VERSION, required=True) == 1:
+            state = {**_V2_DEFAULTS, **state, "version": _STATE_VERSION}  # saved before the step log
         missing = sorted(set(self.state_dict()) - set(state))
         if missing:
             raise ValueError(f"state is missing keys {missing}")
-        if state["version"] != _STATE_VERSION:
-            raise ValueError(f"state has version {state['version']}, expected {_STATE_VERSION} (or 1)")
         for key, mine in (("attribute", self.attribute), ("rule", self.rule.name)):
             if state[key] != mine:
                 raise ValueError(f"state was saved for {key} '{state[key]}', this controller has '{mine}'")

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from ..utils.checks import check_state_version
 from .embedding_index import EmbeddingIndex
 from .index_refresh import RefreshParams
 
@@ -66,10 +67,11 @@ class EpochKnn:
     def state_dict(self) -> dict:
         """The kept graph (``LongTensor[N, w]`` or ``None``), the refresh count, the last full
         build's sampled recall (or ``None``) and the records."""
-        return {"graph": self.index.graph, "count": int(self.index.last_refresh.get("count", 0)),
+        return {"version": 1, "graph": self.index.graph, "count": int(self.index.last_refresh.get("count", 0)),
                 "full_recall": self.index.last_refresh.get("full_recall"), **self.records()}
 
     def load_state_dict(self, state: dict) -> None:
+        check_state_version(state, "EpochKnn")
         graph = state.get("graph")
         if graph is not None and (not torch.is_tensor(graph) or graph.dim() != 2 or graph.is_floating_point()):
             raise ValueError("state['graph'] must be None or a LongTensor[N, w] of neighbour indices")

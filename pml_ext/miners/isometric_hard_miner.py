@@ -9,7 +9,7 @@ import torch
 
 from ..utils._isometry import dissimilarity, embedding_scale, hardest_pairs, oriented, violations
 from ..utils.checked_modules import CheckedMiner
-from ..utils.checks import check_int, check_positive
+from ..utils.checks import check_int, check_positive, check_state_version
 
 __all__ = ["IsometricHardMiner"]
 
@@ -204,9 +204,10 @@ class IsometricHardMiner(CheckedMiner):
 
     def get_extra_state(self) -> dict:
         """``state_dict()``'s ``_extra_state``: the sampling generators, so a resumed run draws on."""
-        return {"generators": {key: gen.get_state() for key, gen in self._generators.items()}}
+        return {"version": 1, "generators": {key: gen.get_state() for key, gen in self._generators.items()}}
 
     def set_extra_state(self, state: dict) -> None:
+        check_state_version(state, "IsometricHardMiner")
         if not isinstance(state, dict) or not isinstance(state.get("generators"), dict):
             raise ValueError("state must hold 'generators' (an IsometricHardMiner.state_dict())")
         for key, gen_state in state["generators"].items():

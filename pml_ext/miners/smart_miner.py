@@ -8,7 +8,7 @@ import torch
 
 from ..index.faiss_params import check_index_args
 from ..utils.checked_modules import CheckedMiner
-from ..utils.checks import check_embeddings, check_int, check_labels, check_positive
+from ..utils.checks import check_embeddings, check_int, check_labels, check_positive, check_state_version
 from ..utils.distributed import gather_training_set
 from ..utils.squared_euclidean import check_rule_distance, pair_values, squared_euclidean
 from .smart_triplets import smart_triplets
@@ -243,7 +243,7 @@ class SmartMiner(CheckedMiner):
     def get_extra_state(self) -> dict:
         """What ``state_dict()`` holds beyond parameters (``_extra_state``): both generators, the
         epoch's triplets and counts, and ``kappa``, so a resumed run mines as the uninterrupted one."""
-        return {"kappa": self.kappa, "update_generator": self._update_generator.get_state(),
+        return {"version": 1, "kappa": self.kappa, "update_generator": self._update_generator.get_state(),
                 "batch_generator": self._batch_generator.get_state(), "triplets": self.triplets,
                 "triplet_is_mined": self.triplet_is_mined, "triplet_is_random": self.triplet_is_random,
                 "labels": self.labels, "epoch_counts": dict(self._epoch_counts),
@@ -251,6 +251,7 @@ class SmartMiner(CheckedMiner):
                 "epoch_knn": None if self._epoch_knn is None else self._epoch_knn.state_dict()}
 
     def set_extra_state(self, state: dict) -> None:
+        check_state_version(state, "SmartMiner")
         missing = sorted({"kappa", "update_generator", "batch_generator", "triplets"} - set(state))
         if missing:
             raise ValueError(f"state is missing {missing} (a SmartMiner.state_dict())")

@@ -17,8 +17,10 @@ killed search: finished trials are kept, an interrupted one is resumed in its ow
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 from typing import Any, Mapping
 
 import yaml
@@ -27,11 +29,15 @@ from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .experiment_config import ExperimentConfig
 from .experiment_runner import ExperimentRunner
+from .run_guard import has_started
 from .search_space import search_space, substitute
 
 __all__ = ["BayesianSearch"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
+VAL_SPLIT_FIX = ("ClassDisjointSplitManager makes one with val_fraction: 0.25 (a held-out quarter of each "
+                 "training class's samples, with num_training_partitions: 1) or with num_training_partitions > 1 "
+                 "(class-disjoint partitions)")
 
 
 class BayesianSearch:
@@ -66,26 +72,53 @@ class BayesianSearch:
     def read_config(self) -> ExperimentConfig:
         configs = os.path.join(self.folder, "configs")
         if self.resume_training:
-            return ExperimentConfig.load_saved(configs)
+            saved = ExperimentConfig.load_saved(configs)
+            self._check_same_config(saved)
+            return saved
         if os.path.isdir(configs):
             raise ValueError(f"experiment_name: {self.folder} already exists; pass --resume_training latest to "
                              f"continue the search, or choose another name")
         return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
 
-    @staticmethod
-    def check_selects_on_validation(config: ExperimentConfig) -> None:
-        """The trials are compared on a validation split, never on test."""
-        spec = config.get("hook_container") or {}
-        kwargs = next(iter(spec.values()), None) if isinstance(spec, dict) and len(spec) == 1 else None
-        splits = config.get("splits_to_eval", ["val"])
-        name = (kwargs or {}).get("validation_split_name") or (splits[0] if splits else None)
-        manager = config.get("split_manager") or {}
-        manager_kwargs = next(iter(manager.values()), None) or {} if isinstance(manager, dict) else {}
-        if name != "val" or manager_kwargs.get("num_training_partitions", 4) == 1:
+    def _check_same_config(self, saved: ExperimentConfig) -> None:
+        """A resumed search keeps the config it started with; a command that would change it is
+        refused, never silently ignored."""
+        if not (self.overrides or self.config_names or self.root_config_folder):
+            return
+        given = ConfigReader(self.root_config_folder).read(self.config_names, self.overrides).flat
+        changed = sorted(k for k in set(saved.flat) | set(given) if saved.flat.get(k) != given.get(k))
+        if changed:
+            raise ConfigError("command line", "--resume_training",
+                              f"{self.folder} searches another config (this command changes {', '.join(changed)}); "
+                              f"a search continues with the config it started with: repeat its command, or "
+                              f"start a new search under another --experiment_name")
+
+    def check_selects_on_validation(self, base: ExperimentConfig, space: list) -> None:
+        """Trials are compared on ``val``, never on test. Checked on the data, with every range at
+        its low end, so any split manager that makes a ``val`` split qualifies."""
+        from .config_checks import check_config, split_schemes
+        from .object_factory import ObjectFactory
+        from .run_hooks import hook_container_spec
+
+        config = substitute(base, space, {p.name: p.low for p in space})
+        runner = ExperimentRunner(self.experiment_name, config=config, **self.runner_kwargs)
+        general, registry = check_config(config, runner.registry), runner.registry
+        train, _ = runner.datasets(config, ObjectFactory(config, registry), raw_train=True)
+        _, schemes = split_schemes(registry, config, train)
+        made = list(next(iter(schemes.values())))
+        if "val" not in made:
+            name, _ = registry.parse_spec(config.get("split_manager"), config.source_of("split_manager"))
+            raise ConfigError(config.source_of("split_manager"), f"split_manager.{name}",
+                              f"makes no 'val' split (only {', '.join(made)}), and a Bayesian search chooses its "
+                              f"trials on val, never on test. {VAL_SPLIT_FIX}")
+        _, tester = registry.parse_spec(config.require("tester", "config_eval"), config.source_of("tester"), "tester")
+        splits = runner.map_splits_to_eval(general["splits_to_eval"], tester.get("reference_set", "compared_to_self"),
+                                           made, config.source_of("splits_to_eval"))
+        chosen = hook_container_spec(registry, config, splits)[1]["validation_split_name"]
+        if chosen != "val":
             raise ConfigError(config.source_of("hook_container"), "hook_container.validation_split_name",
-                              f"a Bayesian search chooses trials on the validation split: the split manager must "
-                              f"make a 'val' split (num_training_partitions > 1) and validation_split_name must "
-                              f"be 'val', got {name!r}")
+                              f"is {chosen!r}; a Bayesian search chooses its trials on val: set "
+                              f"validation_split_name: val (and keep val in splits_to_eval)")
 
     # ---- the search ---------------------------------------------------------------------
 
@@ -96,16 +129,26 @@ class BayesianSearch:
             ``{"trials": [{"number", "folder", "params", "value"}], "best": trial,
             "reproductions": [{"folder", "value"}], "table": str, "plot": path}``.
         """
-        import optuna
+        import optuna  # noqa: F401  (the optuna extra: missing, the search stops before writing anything)
 
         base = self.read_config()
         space = search_space(base)
         if not space:
             raise ConfigError(self.folder, "", "--bayes_opt_iters needs at least one ~BAYESIAN~ / ~LOG_BAYESIAN~ / "
                                                "~INT_BAYESIAN~ range in the config")
-        self.check_selects_on_validation(base)
-        if not self.resume_training:
-            base.save(os.path.join(self.folder, "configs"))  # only a valid search leaves a folder
+        self.check_selects_on_validation(base, space)
+        if self.resume_training:
+            return self._search(base, space)
+        base.save(os.path.join(self.folder, "configs"))  # only a valid search leaves a folder
+        try:
+            return self._search(base, space)
+        except Exception:  # not a kill (KeyboardInterrupt): an interrupted trial stays resumable
+            self._remove_failed_start()
+            raise
+
+    def _search(self, base: ExperimentConfig, space: list) -> dict:
+        import optuna
+
         seed = int(base.get("seed", 0))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(study_name=self.experiment_name, direction="maximize", load_if_exists=True,
@@ -129,6 +172,18 @@ class BayesianSearch:
         table, plot = write_report(self.folder, trials, best, reproduced, space)
         LOGGER.info("Bayesian search (%d trials, validation accuracy):\n%s", len(trials), table)
         return {"trials": trials, "best": best, "reproductions": reproduced, "table": table, "plot": plot}
+
+    def _remove_failed_start(self) -> None:
+        """After a fresh search failed before any trial got to a checkpoint: remove its configs and
+        study, so the corrected command starts a new search (trial folders keep their run.log)."""
+        trials = [os.path.join(self.folder, n) for n in os.listdir(self.folder)]
+        if any(has_started(t) for t in trials if os.path.isdir(t)):
+            return
+        shutil.rmtree(os.path.join(self.folder, "configs"))
+        for path in glob.glob(os.path.join(self.folder, "optuna.db*")):
+            os.remove(path)
+        LOGGER.info("The search failed before its first trial's first checkpoint: removed its configs and "
+                    "optuna.db; the corrected command starts a new search")
 
     @staticmethod
     def _complete(study) -> list:

@@ -19,37 +19,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import time
 from typing import Iterable, Mapping
 
 from .config_error import ConfigError
 from .config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
 from .epoch_updater import resolve_attribute
-from .experiment_lock import LOCK_NAME, ExperimentLock
+from .experiment_lock import ExperimentLock
 from .experiment_runner import ExperimentRunner
+from .main_job_datasets import MAIN_JOB_DATASETS
+from .main_job_folder import MainJobFolders
 from .registry import Registry
 
 __all__ = ["ComparisonRunner"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
-MARKER = ".pml_ext_main_job"
 TABLE_COLUMNS = ("P@1", "R@4", "MAP@R", "NMI")
-# The bundled config files each main-job data set selects, and how the table names it.
-MAIN_JOB_DATASETS = {
-    "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"],
-                "config_loss_and_miners": ["default", "glyphs"]},
-               "glyphs, class-disjoint: train on one half of the characters, test on the other"),
-    "digits": ({}, "digits, train classes 0-4, test classes 5-9"),
-}
 
 
 class ComparisonRunner:
     """Run every available comparison method and tabulate the final test metrics.
 
     Args:
-        root_experiment_folder: the methods' experiments go to ``<root>/main_job/<method>``
-            (replaced on each run; only folders this class created are ever removed).
+        root_experiment_folder: each run writes to a new ``<root>/main_job_runs/<time>/<method>``;
+            ``<root>/main_job`` links to the latest finished run (:mod:`.main_job_folder`).
         methods_folder: the method YAML files (default: the bundled ones).
         methods: run only these method file names (stems); default all.
         overrides: ``--key <yaml>`` overrides applied to every method after its own config
@@ -72,7 +65,8 @@ class ComparisonRunner:
         self.dataset = dataset
         self.config_names = MAIN_JOB_DATASETS[dataset][0] if dataset else {}
         self.title = MAIN_JOB_DATASETS[dataset][1] if dataset else "your config folder's data set"
-        self.folder = os.path.abspath(os.path.join(root_experiment_folder, "main_job"))
+        self.folders = MainJobFolders(root_experiment_folder)
+        self.folder = self.folders.link  # this run's own folder once it runs
         self.methods_folder = methods_folder or os.path.join(BUNDLED_CONFIG_FOLDER, "comparison")
         self.only = list(methods) if methods else None
         items = overrides.items() if hasattr(overrides, "items") else (overrides or [])
@@ -108,18 +102,20 @@ class ComparisonRunner:
             out = [m for m in out if m["key"] in self.only]
         return sorted(out, key=lambda m: (m["order"], m["key"]))
 
-    def _fresh_root(self) -> None:
-        """Empty ``<root>/main_job`` (only when the main job made it): a re-run never mixes the
-        method folders of two runs (e.g. of 10 and 5 epochs, or of other ``--methods``)."""
-        os.makedirs(self.folder, exist_ok=True)
-        names = [n for n in os.listdir(self.folder) if n != LOCK_NAME]
-        if names and not os.path.isfile(os.path.join(self.folder, MARKER)):
-            raise ValueError(f"root_experiment_folder: {self.folder} exists and was not made by the main job; "
-                             f"choose another --root_experiment_folder")
-        for name in names:
-            path = os.path.join(self.folder, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-        open(os.path.join(self.folder, MARKER), "w").close()
+    def check(self, methods: list[dict]) -> None:
+        """Read and check every method's config before anything is written (a typo in an
+        override fails here, not after the first methods have trained)."""
+        from .config_checks import check_config
+
+        self.folders.check()
+        for method in methods:
+            if not method["missing"]:
+                config = ConfigReader(self.root_config_folder).read(self.config_names, self._overrides(method, True))
+                check_config(config, self.registry)
+
+    def _overrides(self, method: dict, check_untrained: bool) -> list:
+        skip_untrained = [] if check_untrained else [("check_untrained_accuracy", False)]
+        return list(method["config"].items()) + skip_untrained + self.overrides
 
     def run(self) -> dict:
         """Run the methods; returns ``{"rows", "table", "plot", "skipped", "folder", "histories"}``.
@@ -130,14 +126,24 @@ class ComparisonRunner:
         from ..utils.distributed import broadcast_object, init_from_env, rank_and_world_size
 
         methods = self.methods()
-        init_from_env()  # under torchrun: only rank 0 locks, replaces folders and writes the table and plot
+        self.check(methods)
+        init_from_env()  # under torchrun: only rank 0 locks, makes the run's folder and writes the table and plot
         self.rank = rank_and_world_size()[0]
         # one main job per root folder at a time; the other ranks of this job are not writers
-        with ExperimentLock(self.folder) if self.rank == 0 else contextlib.nullcontext():
+        with ExperimentLock(self.folders.runs) if self.rank == 0 else contextlib.nullcontext():
+            self.folder = broadcast_object(self.folders.new_run() if self.rank == 0 else None)
+            try:
+                result = self._run_methods(methods)
+            except BaseException:
+                if self.rank == 0:
+                    shown = "still shows the last finished run" if os.path.lexists(self.folders.link) else \
+                        "is not made until a run finishes"
+                    LOGGER.warning("The main job stopped; %s %s. This run's folders (each method's run.log) "
+                                   "are in %s", self.folders.link, shown, self.folder)
+                raise
             if self.rank == 0:
-                self._fresh_root()
-            broadcast_object(None)  # the other ranks wait until the folder is fresh
-            return self._run_methods(methods)
+                self.folders.publish(self.folder)
+            return result
 
     def _run_methods(self, methods: list[dict]) -> dict:
         from .run_output import PROGRESS
@@ -189,11 +195,9 @@ class ComparisonRunner:
         """Train one method in a fresh folder; returns its runner, summary and table row."""
         LOGGER.info("Main job: %s", method["name"])
         start = time.time()
-        skip_untrained = [] if check_untrained else [("check_untrained_accuracy", False)]
         runner = ExperimentRunner(method["key"], root_experiment_folder=self.folder,
                                   root_config_folder=self.root_config_folder, config_names=self.config_names,
-                                  overrides=list(method["config"].items()) + skip_untrained + self.overrides,
-                                  registry=self.registry)
+                                  overrides=self._overrides(method, check_untrained), registry=self.registry)
         summary = runner.run()
         # the test metrics of the epoch chosen on the val split (the test split chooses nothing)
         chosen = next((s.get("best_epoch") for s in summary["schemes"].values()), None)
@@ -255,19 +259,19 @@ class ComparisonRunner:
 
     @staticmethod
     def table(rows: list[dict]) -> str:
-        """The comparison as aligned text: method, P@1, MAP@R, NMI, epochs, wall time."""
-        import pandas as pd
+        """The comparison as aligned text within 120 columns: method (wrapped), the metrics, epochs,
+        the chosen epoch and the wall time; each method's notes below the table."""
+        from .text_table import text_table
 
         if not rows:
             return "(no method ran)"
-        def seconds(v):
-            return "-" if v is None or v != v else f"{v:.1f}"
 
-        def epoch(v):
-            return "-" if v is None or v != v else f"{int(v)}"
+        def number(digits: int):
+            return lambda v: "-" if v is None or v != v else f"{v:.{digits}f}"
 
-        return pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-",
-                                            formatters={"wall time (s)": seconds, "chosen epoch": epoch})
+        formats = {**{c: number(4) for c in TABLE_COLUMNS}, "epochs": number(0), "chosen epoch": number(0),
+                   "wall time (s)": number(1)}
+        return text_table(rows, "method", list(formats), formats, notes_column="notes")
 
     def plot(self, curves: dict, raw_map_at_r: float | None = None) -> str:
         """``comparison.png``: test MAP@R per epoch, one line per method (epoch 0 = untrained)."""

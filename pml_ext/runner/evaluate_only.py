@@ -4,7 +4,8 @@ For each split scheme, the models saved at the best epoch (PML's ``trunk_best<ep
 ``embedder_best<epoch>.pth``, ...; ``--evaluate latest``: the last saved epoch) are loaded
 into freshly built models and tested on ``splits_to_eval`` (``--splits_to_eval [test]``
 to report the test split). The accuracies go to the log and to
-``<scheme>/evaluation_<best|latest>.yaml``; the experiment's own records are left untouched.
+``<scheme>/evaluation_<best|latest>.yaml`` (an earlier evaluation is kept: see
+:func:`write_evaluation`); the experiment's own records are left untouched.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 
 import yaml
 
-__all__ = ["EVALUATE_CHOICES", "evaluate_saved_models"]
+__all__ = ["EVALUATE_CHOICES", "evaluate_saved_models", "write_evaluation"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 EVALUATE_CHOICES = ("best", "latest")
@@ -53,12 +54,31 @@ def evaluate_saved_models(which: str, tester, models: dict, eval_sets: dict, sch
     result = {"epoch": int(epoch), "models": which,
               "accuracies": {str(k): {m: float(v) for m, v in acc.items() if _is_number(v)}
                              for k, acc in accuracies.items()}}
+    write_evaluation(scheme_folder, which, result)
+    LOGGER.info("Evaluated the %s models (epoch %d) of %s: %s", which, epoch, scheme_folder, result["accuracies"])
+    return result
+
+
+def write_evaluation(scheme_folder: str, which: str, result: dict) -> str:
+    """Write ``evaluation_<which>.yaml`` without losing an earlier evaluation: the same saved
+    models evaluated again keep the splits evaluated before (another ``splits_to_eval``); an
+    evaluation of other models (another epoch, after a resume) is kept as
+    ``evaluation_<which>_epoch<E>.yaml``."""
     path = os.path.join(scheme_folder, f"evaluation_{which}.yaml")
+    if os.path.isfile(path):
+        with open(path) as f:
+            earlier = yaml.safe_load(f) or {}
+        if earlier.get("epoch") == result["epoch"]:
+            result = {**result, "accuracies": {**earlier.get("accuracies", {}), **result["accuracies"]}}
+        else:
+            kept, n = os.path.join(scheme_folder, f"evaluation_{which}_epoch{earlier.get('epoch')}.yaml"), 1
+            while os.path.exists(kept):
+                kept, n = os.path.join(scheme_folder, f"evaluation_{which}_epoch{earlier.get('epoch')}_{n}.yaml"), n + 1
+            os.replace(path, kept)
     with open(path + ".tmp", "w") as f:
         yaml.safe_dump(result, f, sort_keys=False)
     os.replace(path + ".tmp", path)
-    LOGGER.info("Evaluated the %s models (epoch %d) of %s: %s", which, epoch, scheme_folder, result["accuracies"])
-    return result
+    return path
 
 
 def _is_number(v) -> bool:

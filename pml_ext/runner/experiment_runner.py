@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 
 from ..utils.threads import thread_count
+from .config_checks import split_schemes
 from .config_error import ConfigError
 from .config_reader import ConfigReader
 from .evaluate_only import EVALUATE_CHOICES
@@ -36,6 +37,7 @@ from .rank_wait import describe_collective_failure
 from .registry import default_registry, Registry
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
                         log_fatal_error, remove_failed_start)
+from .run_interrupt import RunInterrupted, interrupted_at
 from .run_records import seed_all
 from .scheme_run import SchemeRun
 from .search_space import reject_search_keys
@@ -124,18 +126,22 @@ class ExperimentRunner:
         if self.resume_training or self.evaluate:
             saved = ExperimentConfig.load_saved(configs_folder)
             return ConfigReader.apply_overrides(saved, self.overrides)
-        if os.path.isdir(configs_folder) and not has_started(self.experiment_folder):
-            LOGGER.warning("%s: an earlier start stopped before its first checkpoint; starting afresh",
-                           self.experiment_folder)
-            remove_failed_start(self.experiment_folder)
-        if os.path.isdir(configs_folder):
+        failed_start = os.path.isdir(configs_folder) and not has_started(self.experiment_folder)
+        if os.path.isdir(configs_folder) and not failed_start:
             raise ValueError(f"experiment_name: {self.experiment_folder} already exists; pass "
                              f"--resume_training latest to continue it, or choose another name")
         if self.config is not None:
-            return ConfigReader.apply_overrides(self.config, self.overrides)
-        return ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
+            config = ConfigReader.apply_overrides(self.config, self.overrides)
+        else:
+            config = ConfigReader(self.root_config_folder).read(self.config_names, self.overrides)
+        if failed_start:  # only once the new config reads: an earlier start that never got to a checkpoint
+            LOGGER.warning("%s: an earlier start stopped before its first checkpoint; starting afresh",
+                           self.experiment_folder)
+            remove_failed_start(self.experiment_folder)
+        return config
 
-    def general(self, config: ExperimentConfig) -> dict:
+    @staticmethod
+    def general(config: ExperimentConfig) -> dict:
         """PB's general keys with defaults, type-checked (errors name the key and its file)."""
         out = {k: config.get(k, v) for k, v in GENERAL_DEFAULTS.items()}
         for key in ("num_epochs_train", "save_interval"):
@@ -251,6 +257,9 @@ class ExperimentRunner:
             log_fatal_error(handler, exc)
             if wrote_config:
                 remove_failed_start(self.experiment_folder)
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, RunInterrupted):
+                raise RunInterrupted(interrupted_at(self.experiment_folder, self.objects),
+                                     has_started(self.experiment_folder)) from None
             message = describe_collective_failure(exc, self.rank, general["distributed_timeout_seconds"],
                                                   general["distributed_eval_timeout_seconds"]) \
                 if isinstance(exc, RuntimeError) and distributed and "rank " not in str(exc)[:8] else None
@@ -310,9 +319,7 @@ class ExperimentRunner:
         factory = ObjectFactory(config, self.registry)
         seed_all(general["seed"])
         train_data, eval_data = self.datasets(config, factory, raw_train=self.trainer_rules.unsupervised)
-        manager = self.registry.build("split_manager", config.require("split_manager", "config_dataset"),
-                                      config.source_of("split_manager"), "split_manager")
-        schemes = manager.split_schemes(train_data)
+        manager, schemes = split_schemes(self.registry, config, train_data)
         _, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"), config.source_of("tester"),
                                                     "tester")
         check_split_classes(schemes, manager.labels_of(train_data), self.map_splits_to_eval(

@@ -9,7 +9,7 @@ from .config_error import ConfigError
 from .run_guard import validation_split
 from .run_records import splits_not_yet_evaluated, sql_safe_record_keeper
 
-__all__ = ["build_hooks", "check_untrained_accuracy"]
+__all__ = ["build_hooks", "check_untrained_accuracy", "hook_container_spec"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 
@@ -37,6 +37,15 @@ def build_hooks(registry, config, general: dict, folder: str, splits_to_eval: li
 
     Models are chosen on the validation split, never on test."""
     record_keeper = _record_keeper(general, folder) if rank == 0 else None
+    name, kwargs = hook_container_spec(registry, config, splits_to_eval)
+    hooks = registry.build("hook_container", {name: kwargs}, config.source_of("hook_container"), "hook_container",
+                           record_keeper=record_keeper)
+    return hooks, record_keeper
+
+
+def hook_container_spec(registry, config, splits_to_eval: list) -> tuple[str, dict]:
+    """The hook container's ``(class name, kwargs)`` with ``validation_split_name`` set (default: the
+    first evaluated split that is not test) and checked: evaluated, and never ``test``."""
     source = config.source_of("hook_container")
     spec = config.get("hook_container") or {"HookContainer": {}}
     name, kwargs = registry.parse_spec(spec, source, "hook_container")
@@ -49,8 +58,7 @@ def build_hooks(registry, config, general: dict, folder: str, splits_to_eval: li
         raise ConfigError(source, "hook_container.validation_split_name",
                           f"'{kwargs['validation_split_name']}' is not evaluated; splits_to_eval has "
                           f"{', '.join(q for q, _ in splits_to_eval)}")
-    hooks = registry.build("hook_container", {name: kwargs}, source, "hook_container", record_keeper=record_keeper)
-    return hooks, record_keeper
+    return name, kwargs
 
 
 def check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..utils.checks import check_state_version
+
 __all__ = ["ControllerState", "RngStates", "SamplerState", "stateful_objects"]
 
 
@@ -46,9 +48,10 @@ class RngStates:
             self.loaded = False
 
     def state_dict(self) -> dict:
-        return self._snapshot if self._snapshot is not None else self.current()
+        return {"version": 1, **(self._snapshot if self._snapshot is not None else self.current())}
 
     def load_state_dict(self, state: Mapping) -> None:
+        check_state_version(state, "RngStates")
         missing = sorted({"torch", "python", "numpy"} - set(state))
         if missing:
             raise ValueError(f"state is missing {missing} (an RngStates.state_dict())")
@@ -97,9 +100,10 @@ class SamplerState:
             self.layers.append(self.layers[-1].sampler)
 
     def state_dict(self) -> dict:
-        return {"layers": [_layer_state(layer) for layer in self.layers]}
+        return {"version": 1, "layers": [_layer_state(layer) for layer in self.layers]}
 
     def load_state_dict(self, state: Mapping) -> None:
+        check_state_version(state, "SamplerState")
         layers = state.get("layers")
         if not isinstance(layers, list) or len(layers) != len(self.layers):
             raise ValueError(f"state['layers'] must list {len(self.layers)} sampler states, got {layers!r:.80}")
@@ -118,12 +122,13 @@ class ControllerState:
         self.module, self.attribute = resolve(module, attribute, "attribute")
 
     def state_dict(self) -> dict:
-        state = {"setting": getattr(self.module, self.attribute)}
+        state = {"version": 1, "setting": getattr(self.module, self.attribute)}
         if callable(getattr(self.controller, "state_dict", None)):
             state["controller"] = self.controller.state_dict()
         return state
 
     def load_state_dict(self, state: Mapping) -> None:
+        check_state_version(state, "ControllerState")
         if "controller" in state and callable(getattr(self.controller, "load_state_dict", None)):
             self.controller.load_state_dict(state["controller"])
         setattr(self.module, self.attribute, state["setting"])

@@ -20,7 +20,7 @@ from .evaluate_only import evaluate_saved_models
 from .rank_wait import RankZeroWait
 from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
 from .run_hooks import build_hooks, check_untrained_accuracy
-from .run_output import EpochProgress
+from .run_output import EpochProgress, log_native_output
 from .run_records import batch_getter, recordable_statistics, seed_all, settings_history
 from .run_state import RngStates, stateful_objects
 from .split_checks import check_batches
@@ -128,6 +128,8 @@ class SchemeRun:
             raise ConfigError(config.source_of("hook_container"), "hook_container.primary_metric",
                               f"'{primary}' is not computed by the accuracy calculator; it computes "
                               f"{', '.join(tester.accuracy_calculator.get_curr_metrics())}")
+        # FAISS's k-means (NMI) warns on stderr at every evaluation of a small split: into run.log
+        tester.accuracy_calculator.get_accuracy = log_native_output(tester.accuracy_calculator.get_accuracy)
         self.tester = tester
         self.eval_hook = self.hooks.end_of_epoch_hook(
             tester, self.eval_sets, self.model_folder, test_interval=self.general["save_interval"],

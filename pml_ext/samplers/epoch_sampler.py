@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from ..utils.checks import check_int
+from ..utils.checks import check_int, check_state_version
 from ..utils.distributed import rank_and_world_size
 
 __all__ = ["EpochSampler", "EPOCH_STRIDE"]
@@ -108,9 +108,10 @@ class EpochSampler(Sampler[int]):
 
     def state_dict(self) -> dict:
         """The epoch counters; subclasses add their refreshed state."""
-        return {"epoch": int(self.epoch), "next_epoch": int(self._next_epoch)}
+        return {"version": 1, "epoch": int(self.epoch), "next_epoch": int(self._next_epoch)}
 
     def load_state_dict(self, state: dict) -> None:
+        check_state_version(state, type(self).__name__)
         for key in ("epoch", "next_epoch"):
             if key not in state:
                 raise ValueError(f"state is missing '{key}' (a {type(self).__name__}.state_dict())")

@@ -5,11 +5,14 @@ argument, so a bad call fails at the API boundary instead of deep inside a kerne
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
 __all__ = ["check_embeddings", "check_labels", "check_finite", "check_positive", "check_int",
-           "check_loss_inputs", "check_miner_inputs", "check_reference", "check_indices_tuple"]
+           "check_loss_inputs", "check_miner_inputs", "check_reference", "check_indices_tuple",
+           "check_state_version"]
 
 
 def check_embeddings(embeddings, name: str = "embeddings", allow_empty: bool = False) -> None:
@@ -159,3 +162,22 @@ def check_miner_inputs(embeddings, labels, ref_emb, ref_labels) -> None:
     check_embeddings(embeddings, "embeddings", allow_empty=True)
     check_labels(labels, embeddings.shape[0], "labels", "embeddings")
     check_reference(embeddings, labels, ref_emb, ref_labels, allow_empty=True)
+
+
+def check_state_version(state, owner: str, current: int = 1, oldest: int = 1, required: bool = False) -> int:
+    """The format version of ``state``, a ``state_dict()`` of ``owner``; refuses one ``owner`` cannot read.
+
+    A state saved before versions were written has none and reads as ``oldest`` (unless
+    ``required``). A later version (a newer pml_ext wrote it) is refused naming it: its fields
+    may mean something else, and loading it field by field would resume a different run.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state must be a dict (a {owner}.state_dict()), got {type(state).__name__}")
+    if "version" not in state and not required:
+        return oldest
+    version = state.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not oldest <= version <= current:
+        readable = f"version {current}" if oldest == current else f"versions {oldest}-{current}"
+        raise ValueError(f"state['version'] is {version!r}: this {owner} reads {readable} only (was the state "
+                         f"saved by another pml_ext version?)")
+    return version
