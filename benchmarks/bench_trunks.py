@@ -2,21 +2,30 @@
 
 Trains the main job's baseline (PML TripletMarginLoss + semi-hard TripletMarginMiner, the
 bundled method file) with ``pml-ext run``'s code path on each trunk below, for each seed, at
-the main job's budget (equal epochs and batches for every trunk); reports test MAP@R and P@1
-(mean ± sd over the seeds) and the method's wall seconds per epoch (its whole run, the two
-evaluations included, divided by the epochs), and draws MAP@R against seconds per epoch.
+the main job's budget (equal epochs and batches for every trunk), and reports test MAP@R and
+P@1 (mean ± sd over the seeds). Cost per trunk: CPU seconds of one training step (batch 64,
+trunk + embedder, forward and backward, one thread; CPU time is far less sensitive than wall
+time to other jobs on the machine), and each run's wall seconds per epoch (evaluations
+included) with the load it ran beside.
 
-    python benchmarks/bench_trunks.py --seeds 0 1 2     # writes results/trunks.md and trunks.png
-    python benchmarks/bench_trunks.py --seeds 0 --quick # a smoke run: 1 epoch of 4 batches
+Every finished (trunk, seed) run is appended to ``results/trunks_runs.json`` (written to a
+temporary name and renamed), and a later call skips the runs already there: a long study can
+be stopped and continued. The table and plot are built from every recorded run of this budget.
+
+    python benchmarks/bench_trunks.py --seeds 0 1 2        # results/trunks.md, trunks.png
+    python benchmarks/bench_trunks.py --seeds 0 --quick    # a smoke run (1 epoch of 4 batches), writes under /tmp
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import statistics
 import sys
+import tempfile
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -30,7 +39,6 @@ TRUNKS = {
     "GlyphCNN 32-64-128, stride 2 (main job)": {"GlyphCNN": {"channels": [32, 64, 128], "strides": [2, 2, 2]}},
     "GlyphPoolCNN 16-32-64-64": {"GlyphPoolCNN": {"channels": [16, 32, 64, 64], "pools": [True, True, True, False]}},
     "GlyphPoolCNN 32-64-128": {"GlyphPoolCNN": {"channels": [32, 64, 128], "pools": [True, True, True]}},
-    "GlyphPoolCNN 24-48-96-96": {"GlyphPoolCNN": {"channels": [24, 48, 96, 96], "pools": [True, True, True, False]}},
     "GlyphPoolCNN 32-64-128-128 (default)": {"GlyphPoolCNN": {"channels": [32, 64, 128, 128],
                                                               "pools": [True, True, True, False]}},
 }
@@ -42,39 +50,74 @@ def _mean_sd(values: list[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def measure(seeds: list[int], quick: bool) -> dict[str, dict[str, list[float]]]:
-    """``{trunk name: {"MAP@R": [...], "P@1": [...], "s/epoch": [...]}}`` over the seeds."""
-    epochs = 1 if quick else 10
-    budget = [("num_epochs_train", epochs)]
-    if quick:
-        budget += [("save_interval", 1), ("trainer~APPLY~2", {"iterations_per_epoch": 4})]
-    out = {}
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def step_cpu_seconds(trunk_config: dict, rounds: int = 5, repeats: int = 4) -> float:
+    """Median CPU seconds of one training step (batch 64, forward + backward), one thread."""
+    import torch
+    import pml_ext
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        (name, kwargs), = trunk_config.items()
+        torch.manual_seed(0)
+        trunk = getattr(pml_ext, name)(**kwargs)
+        model = torch.nn.Sequential(trunk, pml_ext.MLP([trunk.output_size, 64]))
+        batch = torch.rand(64, 1, 32, 32)
+        model(batch).square().sum().backward()  # warm-up
+        times = []
+        for _ in range(rounds):
+            start = time.process_time()
+            for _ in range(repeats):
+                model(batch).square().sum().backward()
+            times.append((time.process_time() - start) / repeats)
+        return statistics.median(times)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def train_missing(seeds: list[int], budget: dict, runs_path: pathlib.Path) -> list[dict]:
+    """Train every (trunk, seed) of this budget not yet in ``runs_path``; returns all its runs."""
+    runs = json.loads(runs_path.read_text()) if runs_path.exists() else []
+    overrides = [("num_epochs_train", budget["epochs"]), ("num_threads", budget["threads"])]
+    if budget["iterations"]:
+        overrides += [("save_interval", 1), ("trainer~APPLY~2", {"iterations_per_epoch": budget["iterations"]})]
     for name, trunk in TRUNKS.items():
-        overrides = [*budget, ("models~OVERRIDE~", {"trunk": trunk, "embedder": EMBEDDER})]
-        by_seed = run_seeds(seeds, methods=["pml_triplet_semihard"], overrides=overrides)
-        rows = [next(r for r in rows if r["method"].startswith("PML TripletMarginLoss")) for rows, *_ in
-                by_seed.values()]
-        out[name] = {"MAP@R": [r["MAP@R"] for r in rows], "P@1": [r["P@1"] for r in rows],
-                     "s/epoch": [r["wall time (s)"] / epochs for r in rows]}
-    return out
+        for seed in seeds:
+            if any(r["trunk"] == name and r["seed"] == seed and r["budget"] == budget for r in runs):
+                continue
+            load = os.getloadavg()[0]
+            by_seed = run_seeds([seed], methods=["pml_triplet_semihard"],
+                                overrides=[*overrides, ("models~OVERRIDE~", {"trunk": trunk, "embedder": EMBEDDER})])
+            (rows, *_), = by_seed.values()
+            row = next(r for r in rows if r["method"].startswith("PML TripletMarginLoss"))
+            runs.append({"trunk": name, "seed": seed, "budget": budget, "MAP@R": row["MAP@R"], "P@1": row["P@1"],
+                         "s/epoch": row["wall time (s)"] / budget["epochs"], "load at start": round(load, 1),
+                         "date": str(datetime.date.today())})
+            _write_atomically(runs_path, json.dumps(runs, indent=1) + "\n")
+    return [r for r in runs if r["budget"] == budget]
 
 
-def plot(results: dict, path: pathlib.Path) -> None:
+def plot(rows: list[tuple[str, float, list[float]]], path: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name, figures in results.items():
-        sd = statistics.stdev(figures["MAP@R"]) if len(figures["MAP@R"]) > 1 else 0.0
-        ax.errorbar(statistics.mean(figures["s/epoch"]), statistics.mean(figures["MAP@R"]), yerr=sd, fmt="o",
-                    capsize=3, label=name)
-    ax.set_xlabel("seconds per epoch (2 threads)")
+    for name, step_seconds, maps in rows:
+        sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
+        ax.errorbar(step_seconds * 1000, statistics.mean(maps), yerr=sd, fmt="o", capsize=3, label=name)
+    ax.set_xlabel("CPU ms per training step (batch 64, one thread)")
     ax.set_ylabel("test MAP@R (semi-hard baseline)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
+    tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
 
@@ -82,32 +125,45 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
     parser.add_argument("--quick", action="store_true", help="1 epoch of 4 batches: checks the script only")
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--output", default=None, help="the table's path (default results/trunks.md; "
+                                                       "with --quick, a temporary folder)")
     args = parser.parse_args()
     import torch
 
-    load = os.getloadavg()[0]
-    results = measure(args.seeds, args.quick)
-    output = pathlib.Path(args.output)
-    plot(results, output.with_suffix(".png"))
+    output = pathlib.Path(args.output or (pathlib.Path(tempfile.mkdtemp()) / "trunks.md" if args.quick else RESULTS))
+    if not output.parent.is_dir():
+        parser.error(f"--output: the folder {output.parent} does not exist")
+    budget = {"epochs": 1 if args.quick else 10, "iterations": 4 if args.quick else None, "threads": args.threads}
+    runs = train_missing(args.seeds, budget, output.with_name(output.stem + "_runs.json"))
     lines = ["# Glyph trunks: the accuracy/time frontier", "",
-             f"Command: `python benchmarks/bench_trunks.py --seeds {' '.join(map(str, args.seeds))}"
-             f"{' --quick' if args.quick else ''}`; date {datetime.date.today()}; torch {torch.__version__}; "
-             f"1-min load average at start {load:.1f}.", "",
-             "PML TripletMarginLoss + semi-hard miner (the main job's baseline file), the main job's budget and "
-             "embedder (MLP to 64-d) on every trunk; test classes, final epoch, mean ± sd over the seeds. "
-             "Seconds per epoch: the method's wall time (two evaluations included) over its epochs.", "",
-             "| trunk | MAP@R | P@1 | s / epoch |", "|---|---|---|---|"]
-    for name, figures in results.items():
-        lines.append(f"| {name} | {_mean_sd(figures['MAP@R'])} | {_mean_sd(figures['P@1'])} | "
-                     f"{_mean_sd(figures['s/epoch'], 1)} |")
-    lines += ["", f"![MAP@R against seconds per epoch]({output.with_suffix('.png').name})", ""]
+             f"Command: `python benchmarks/bench_trunks.py --seeds {' '.join(map(str, args.seeds))} --threads "
+             f"{args.threads}{' --quick' if args.quick else ''}` (resumable: runs recorded in "
+             f"`{output.stem}_runs.json`); table written {datetime.date.today()}; torch {torch.__version__}.", "",
+             "PML TripletMarginLoss + semi-hard miner (the main job's baseline file) at the main job's budget and "
+             "embedder (MLP to 64-d) on every trunk; test classes, final epoch, mean ± sd over the seeds. Step "
+             "cost: median CPU ms of one training step (batch 64, one thread), measured when the table is written. "
+             "Wall s/epoch: each run's wall time (evaluations included) over its epochs, with the 1-min load "
+             "average at its start (other jobs on the machine slow it).", "",
+             "| trunk | seeds | MAP@R | P@1 | step (CPU ms) | wall s / epoch | load at start |",
+             "|---|---|---|---|---|---|---|"]
+    plotted = []
+    for name, trunk in TRUNKS.items():
+        mine = [r for r in runs if r["trunk"] == name]
+        if not mine:
+            continue
+        step = step_cpu_seconds(trunk)
+        maps = [r["MAP@R"] for r in mine]
+        plotted.append((name, step, maps))
+        lines.append(f"| {name} | {len(mine)} | {_mean_sd(maps)} | {_mean_sd([r['P@1'] for r in mine])} | "
+                     f"{step * 1000:.0f} | {_mean_sd([r['s/epoch'] for r in mine], 1)} | "
+                     f"{', '.join(str(r['load at start']) for r in mine)} |")
+    plot(plotted, output.with_suffix(".png"))
+    lines += ["", f"![MAP@R against CPU ms per step]({output.with_suffix('.png').name})", ""]
     text = "\n".join(lines) + "\n"
     print(text)
-    tmp = output.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output)
+    _write_atomically(output, text)
 
 
 if __name__ == "__main__":
