@@ -38,10 +38,11 @@ from .registry import default_registry, Registry
 from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
                         log_fatal_error, remove_failed_start)
 from .run_interrupt import RunInterrupted, interrupted_at
-from .run_records import seed_all
+from .run_context import RunContext
+from .run_state import seed_epoch
 from .scheme_run import SchemeRun
 from .search_space import reject_search_keys
-from .split_checks import check_split_classes
+from .split_checks import check_split_classes, map_splits_to_eval
 
 __all__ = ["ExperimentRunner"]
 
@@ -72,7 +73,6 @@ USED_KEYS = set(GENERAL_DEFAULTS) | set(IGNORED_KEYS) | {
 REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimizers": "config_optimizers",
                  "loss_funcs": "config_loss_and_miners", "tester": "config_eval", "dataset": "config_dataset",
                  "split_manager": "config_dataset"}
-REFERENCE_SETS = ("compared_to_self", "compared_to_sets_combined", "compared_to_training_set")
 
 
 class ExperimentRunner:
@@ -163,37 +163,8 @@ class ExperimentRunner:
                               "must be a non-empty list of split names")
         return out
 
-    @staticmethod
-    def map_splits_to_eval(splits: list, reference_set: str, available: list[str], source: str) -> list:
-        """PB's ``splits_to_eval`` + tester ``reference_set`` -> PML 2.x's ``[(query, [references])]``.
-
-        - ``compared_to_self``: each split is its own reference set;
-        - ``compared_to_sets_combined``: every listed split is compared with all of them;
-        - ``compared_to_training_set``: each split is compared with ``train``.
-
-        Entries already in PML 2.x's form (``[query, [references]]``) pass through.
-        """
-        if reference_set not in REFERENCE_SETS:
-            raise ConfigError(source, "tester.reference_set", f"must be one of {', '.join(REFERENCE_SETS)}, "
-                                                              f"got {reference_set!r}")
-        names = [s for s in splits if isinstance(s, str)]
-        out = []
-        for s in splits:
-            if isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[1], (list, tuple)):
-                query, refs = str(s[0]), [str(r) for r in s[1]]
-            elif isinstance(s, str):
-                query = s
-                refs = {"compared_to_self": [s], "compared_to_sets_combined": list(names),
-                        "compared_to_training_set": ["train"]}[reference_set]
-            else:
-                raise ConfigError(source, "splits_to_eval", f"entries must be split names or [query, [references]], "
-                                                            f"got {s!r}")
-            for name in [query] + refs:
-                if name not in available:
-                    raise ConfigError(source, "splits_to_eval", f"split '{name}' does not exist; the split "
-                                                                f"manager makes {', '.join(available)}")
-            out.append((query, refs))
-        return out
+    # PB's splits_to_eval + reference_set -> PML 2.x's [(query, [references])] (split_checks)
+    map_splits_to_eval = staticmethod(map_splits_to_eval)
 
     # ---- data -----------------------------------------------------------------------------
 
@@ -230,7 +201,7 @@ class ExperimentRunner:
             "plots": [paths], "notes": [registry notes]}`` (on rank 0; other ranks get the
             scheme info only).
         """
-        from ..utils.distributed import init_from_env, is_distributed, rank_and_world_size
+        from ..utils.distributed import init_from_env, is_distributed, rank_and_world_size, run_device
 
         # Before init_from_env: an already initialised group (spawned workers), else torchrun's variables.
         self.rank, self.world_size = rank_and_world_size() if is_distributed() else \
@@ -244,15 +215,19 @@ class ExperimentRunner:
             reject_search_keys(config)
             general = self.general(config)
             self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
-            distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"])
+            distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"],
+                                        device=general["device"])
             self.rank, self.world_size = rank_and_world_size()
+            context = RunContext(self.rank, self.world_size, distributed, run_device(general["device"]),
+                                 general["seed"], self.experiment_name, self.experiment_folder,
+                                 self.resume_training, self.evaluate)
             restore_threads = self._set_threads(general["num_threads"])
             if distributed:  # every rank has read the config before rank 0 writes the experiment's folder
                 torch.distributed.barrier()
             if self.rank == 0 and not self.evaluate:
                 self._save_config(config)
                 wrote_config = not self.resume_training
-            return self._run(config, general, distributed)
+            return self._run(config, general, context)
         except BaseException as exc:
             log_fatal_error(handler, exc)
             if wrote_config:
@@ -305,7 +280,7 @@ class ExperimentRunner:
         for category, files in config.sources.items():
             LOGGER.info("%s: %s", category, ", ".join(files))
 
-    def _run(self, config: ExperimentConfig, general: dict, distributed: bool) -> dict:
+    def _run(self, config: ExperimentConfig, general: dict, context: RunContext) -> dict:
         for key, category in REQUIRED_KEYS.items():  # fail before any slow step
             config.require(key, category)
         unknown = sorted(set(config.flat) - USED_KEYS)
@@ -317,7 +292,7 @@ class ExperimentRunner:
         self.trainer_rules = PBTrainerRules(config, self.registry)
         self.trainer_rules.check()
         factory = ObjectFactory(config, self.registry)
-        seed_all(general["seed"])
+        seed_epoch(context.seed)
         train_data, eval_data = self.datasets(config, factory, raw_train=self.trainer_rules.unsupervised)
         manager, schemes = split_schemes(self.registry, config, train_data)
         _, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"), config.source_of("tester"),
@@ -331,8 +306,10 @@ class ExperimentRunner:
         for scheme_name, indices in schemes.items():
             LOGGER.info("Split scheme %s: %s", scheme_name,
                         ", ".join(f"{k}={len(v)} samples" for k, v in indices.items()))
-            info, scheme_report = SchemeRun(self, config, general, factory, manager, scheme_name, indices,
-                                            train_data, eval_data, distributed).run()
+            scheme = SchemeRun(context, self.registry, self.trainer_rules, config, general, factory, manager,
+                               scheme_name, indices, train_data, eval_data)
+            self.objects[scheme_name] = scheme.build()
+            info, scheme_report = scheme.run()
             summary["schemes"][scheme_name] = info
             if scheme_report is not None:
                 report = report or ExperimentReport(scheme_report["primary_metric"])
