@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from pml_ext import EmbeddingIndex
 from pml_ext.runner import ExperimentRunner
-from pml_ext.runner.run_distribution import wrap_models_for_ddp
+from pml_ext.runner.run.run_distribution import wrap_models_for_ddp
 from pml_ext.utils import distributed as pml_dist
 
 

@@ -7,7 +7,7 @@ from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils.logging_presets import HookContainer
 
-from pml_ext.runner.pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream,
+from pml_ext.runner.run.pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream,
                                           stop_model_saving, trunk_output_only, wrap_accuracy_calculation)
 
 

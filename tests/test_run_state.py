@@ -8,8 +8,8 @@ import pytest
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 
-from pml_ext.runner.run_state import RngStates, SamplerState, seed_epoch, stateful_objects
-from pml_ext.runner.run_distribution import _WholeBatches
+from pml_ext.runner.state.run_state import RngStates, SamplerState, seed_epoch, stateful_objects
+from pml_ext.runner.run.run_distribution import _WholeBatches
 from pml_ext.samplers.distributed_shard_sampler import DistributedShardSampler
 
 

@@ -23,7 +23,7 @@ SPLITS = ("all", "train", "val", "test")
 def _class_splits(num_classes: int, val_fraction: float) -> dict[str, np.ndarray]:
     """Labels of each split: the runner's class-disjoint rule (test = the second half of the
     seeded class order), and val = the first ``val_fraction`` of the training classes."""
-    from ..runner.split_manager import ClassDisjointSplitManager
+    from ..runner.objects.split_manager import ClassDisjointSplitManager
 
     scheme = ClassDisjointSplitManager(test_size=0.5, test_start_idx=0.5, num_training_partitions=1,
                                        num_training_sets=1).class_splits(np.arange(num_classes))[0]

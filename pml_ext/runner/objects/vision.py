@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
 __all__ = ["import_torchvision"]
 

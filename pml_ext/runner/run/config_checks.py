@@ -6,9 +6,9 @@ before it writes its folder. A single experiment runs the same checks at start-u
 """
 from __future__ import annotations
 
-from .config_error import ConfigError
-from .experiment_config import ExperimentConfig
-from .search_space import reject_search_keys
+from ..config.config_error import ConfigError
+from ..config.experiment_config import ExperimentConfig
+from ..config.search_space import reject_search_keys
 
 __all__ = ["check_config", "split_schemes"]
 
@@ -20,7 +20,7 @@ def check_config(config: ExperimentConfig, registry=None) -> dict:
     """Check the general keys, the required keys and the top-level class names of ``config``
     (no search range left); returns the general keys with defaults."""
     from .experiment_runner import REQUIRED_KEYS, ExperimentRunner
-    from .registry import default_registry
+    from ..objects.registry import default_registry
 
     registry = registry or default_registry
     reject_search_keys(config)

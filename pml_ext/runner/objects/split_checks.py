@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
 __all__ = ["FEW_CLASSES", "REFERENCE_SETS", "check_batches", "check_split_classes", "map_splits_to_eval"]
 

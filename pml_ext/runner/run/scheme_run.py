@@ -2,8 +2,8 @@
 
 ``ExperimentRunner`` reads and checks the config, then runs one :class:`SchemeRun` per split
 scheme: ``build()`` returns the objects it built, ``run()`` trains them. A scheme knows the
-run through its :class:`~.run_context.RunContext` alone. Rank 0 evaluates, checkpoints and records; every rank trains on its shard and waits
-for rank 0 at the end of each epoch (docs/runner.md, "Distributed").
+run through its :class:`~.run_context.RunContext` alone. Rank 0 evaluates, checkpoints and
+records; every rank trains on its shard and waits for rank 0 at the end of each epoch (docs/runner.md, "Distributed").
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint_store import CheckpointStore, trainer_objects
-from .config_error import ConfigError
+from ..state.checkpoint_store import CheckpointStore, trainer_objects
+from ..config.config_error import ConfigError
 from .epoch_updater import EpochUpdater, unwrap
 from .evaluate_only import evaluate_saved_models
 from .rank_wait import RankZeroWait
@@ -25,10 +25,10 @@ from .run_output import EpochProgress, log_native_output
 from .pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream, stop_model_saving,
                             wrap_accuracy_calculation)
 from .run_context import RunContext
-from .run_records import batch_getter, recordable_statistics, settings_history
-from .run_state import RngStates, seed_epoch, stateful_objects
-from .split_checks import map_splits_to_eval
-from .split_checks import check_batches
+from ..state.run_records import batch_getter, recordable_statistics, settings_history
+from ..state.run_state import RngStates, seed_epoch, stateful_objects
+from ..objects.split_checks import map_splits_to_eval
+from ..objects.split_checks import check_batches
 
 __all__ = ["SchemeRun"]
 
@@ -169,7 +169,7 @@ class SchemeRun:
 
     def end_of_epoch(self, trainer) -> bool:
         """Refresh what is updated each epoch, evaluate and checkpoint (rank 0), agree on stopping."""
-        from ..utils.distributed import broadcast_object
+        from ...utils.distributed import broadcast_object
 
         sampler_stats = recordable_statistics(unwrap(self.sampler))  # the epoch just trained, before refresh
         settings = self.updater.end_of_epoch(trainer)

@@ -46,8 +46,8 @@ class _WholeBatches(torch.utils.data.Sampler):
 def distribute(loss_funcs, mining_funcs, sampler, num_train: int, batch_size: int, seed: int, rank: int,
                world_size: int):
     """PML's distributed wrappers around the losses and miners, and a sampler giving this rank its batches."""
-    from ..samplers.distributed_shard_sampler import DistributedShardSampler
-    from ..samplers.epoch_sampler import EpochSampler
+    from ...samplers.distributed_shard_sampler import DistributedShardSampler
+    from ...samplers.epoch_sampler import EpochSampler
 
     loss_funcs = {k: distributed_loss(v, f"loss_funcs.{k}") for k, v in loss_funcs.items()}
     mining_funcs = {k: distributed_miner(v) for k, v in mining_funcs.items()}
@@ -158,8 +158,8 @@ def plain_models(trainer, plain: dict[str, torch.nn.Module]) -> Iterator[None]:
 def embed_training_set(models, dataset, labels: torch.Tensor, device, getter, rank: int, world_size: int,
                        distributed: bool):
     """``(embeddings [N, d], labels [N])`` of the training set; each rank embeds a shard when distributed."""
-    from ..utils.distributed import gather_training_set
-    from ..utils.inference import compute_embeddings
+    from ...utils.distributed import gather_training_set
+    from ...utils.inference import compute_embeddings
 
     positions = torch.arange(len(dataset))
     if distributed:

@@ -49,7 +49,7 @@ def interrupted_at(experiment_folder: str, objects: dict) -> str:
 
 def resume_command(argv: Sequence[str]) -> str:
     """The ``pml-ext run`` command continuing the run ``argv`` (the words after ``run``) started."""
-    from ..__main__ import _KEY
+    from ...__main__ import _KEY
 
     words, keep = ["pml-ext", "run"], False
     for word in argv:

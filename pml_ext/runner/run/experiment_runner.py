@@ -23,26 +23,26 @@ from typing import Any, Mapping
 
 import torch
 
-from ..utils.threads import thread_count
+from ...utils.threads import thread_count
 from .config_checks import split_schemes
-from .config_error import ConfigError
-from .config_reader import ConfigReader
+from ..config.config_error import ConfigError
+from ..config.config_reader import ConfigReader
 from .evaluate_only import EVALUATE_CHOICES
-from .experiment_config import ExperimentConfig
-from .experiment_lock import ExperimentLock
-from .experiment_report import ExperimentReport
-from .object_factory import ObjectFactory
-from .pb_trainers import PBTrainerRules
+from ..config.experiment_config import ExperimentConfig
+from ..state.experiment_lock import ExperimentLock
+from ..state.experiment_report import ExperimentReport
+from ..objects.object_factory import ObjectFactory
+from ..objects.pb_trainers import PBTrainerRules
 from .rank_wait import describe_collective_failure
-from .registry import default_registry, Registry
-from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
+from ..objects.registry import default_registry, Registry
+from ..state.run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
                         log_fatal_error, remove_failed_start)
 from .run_interrupt import RunInterrupted, interrupted_at
 from .run_context import RunContext
-from .run_state import seed_epoch
+from ..state.run_state import seed_epoch
 from .scheme_run import SchemeRun
-from .search_space import reject_search_keys
-from .split_checks import check_split_classes, map_splits_to_eval
+from ..config.search_space import reject_search_keys
+from ..objects.split_checks import check_split_classes, map_splits_to_eval
 
 __all__ = ["ExperimentRunner"]
 
@@ -201,7 +201,7 @@ class ExperimentRunner:
             "plots": [paths], "notes": [registry notes]}`` (on rank 0; other ranks get the
             scheme info only).
         """
-        from ..utils.distributed import init_from_env, is_distributed, rank_and_world_size, run_device
+        from ...utils.distributed import init_from_env, is_distributed, rank_and_world_size, run_device
 
         # Before init_from_env: an already initialised group (spawned workers), else torchrun's variables.
         self.rank, self.world_size = rank_and_world_size() if is_distributed() else \

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..utils.checks import check_state_version
+from ...utils.checks import check_state_version
 
 __all__ = ["ControllerState", "RngStates", "SamplerState", "seed_epoch", "stateful_objects"]
 
@@ -130,7 +130,7 @@ class ControllerState:
     (``controller_<name>_<epoch>.pth``): the runner's one save path for controllers."""
 
     def __init__(self, controller: Any, module: Any, attribute: str):
-        from ..utils.dotted_path import resolve
+        from ...utils.dotted_path import resolve
 
         self.controller = controller
         self.module, self.attribute = resolve(module, attribute, "attribute")

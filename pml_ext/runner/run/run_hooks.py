@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from .config_error import ConfigError
-from .run_guard import validation_split
+from ..config.config_error import ConfigError
+from ..state.run_guard import validation_split
 from .pml_internals import trunk_output_only
-from .run_records import splits_not_yet_evaluated, sql_safe_record_keeper
+from ..state.run_records import splits_not_yet_evaluated, sql_safe_record_keeper
 
 __all__ = ["build_hooks", "check_untrained_accuracy", "hook_container_spec"]
 
