@@ -50,7 +50,6 @@ UNSUPPORTED_OPTIONS = {
     "evaluate_ensemble": "PB's ensembles of the split schemes' models are not supported; use --evaluate",
     "reproduce_results": "not supported; rerun the saved configs with --root_config_folder <experiment>/configs",
 }
-_KEY = re.compile(r"^--[A-Za-z]")
 
 
 def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
@@ -60,10 +59,11 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
     YAML after joining the words that follow the key. Raises ``ConfigError`` on bad YAML.
     """
     from .runner.config.config_error import ConfigError
+    from .runner.config.config_merge import OPTION_WORD
 
     groups: list[tuple[str, list[str]]] = []
     for word in argv:
-        if _KEY.match(word):
+        if OPTION_WORD.match(word):
             groups.append((word[2:], []))
         elif not groups:
             raise ConfigError("command line", word, "expected --key before a value")

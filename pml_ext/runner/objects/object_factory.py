@@ -32,8 +32,8 @@ from ..config.config_error import ConfigError
 from ..config.experiment_config import ExperimentConfig
 from .pb_models import LayerExtractor, ListOfModels, mlp_layer_sizes
 from .registry import Registry
-from .vision import import_torchvision
 from .trunks import ToSpaceAndRange, build_trunk, input_convention, is_trunk_factory
+from .vision import import_torchvision
 
 __all__ = ["ObjectFactory"]
 

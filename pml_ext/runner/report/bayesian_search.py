@@ -28,9 +28,9 @@ import yaml
 from ..config.config_error import ConfigError
 from ..config.config_reader import ConfigReader
 from ..config.experiment_config import ExperimentConfig
+from ..config.search_space import search_space, substitute
 from ..run.experiment_runner import ExperimentRunner
 from ..state.run_guard import has_started
-from ..config.search_space import search_space, substitute
 
 __all__ = ["BayesianSearch"]
 

@@ -24,12 +24,12 @@ from typing import Iterable, Mapping
 
 from ..config.config_error import ConfigError
 from ..config.config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
-from ..run.epoch_updater import resolve_attribute
-from ..state.experiment_lock import ExperimentLock
-from ..run.experiment_runner import ExperimentRunner
 from ..objects.main_job_datasets import MAIN_JOB_DATASETS
-from ..state.main_job_folder import MainJobFolders
 from ..objects.registry import Registry
+from ..run.epoch_updater import resolve_attribute
+from ..run.experiment_runner import ExperimentRunner
+from ..state.experiment_lock import ExperimentLock
+from ..state.main_job_folder import MainJobFolders
 
 __all__ = ["ComparisonRunner"]
 

@@ -24,55 +24,35 @@ from typing import Any, Mapping
 import torch
 
 from ...utils.threads import thread_count
-from .config_checks import split_schemes
-from ..config.config_error import ConfigError
 from ..config.config_reader import ConfigReader
-from .evaluate_only import EVALUATE_CHOICES
 from ..config.experiment_config import ExperimentConfig
-from ..state.experiment_lock import ExperimentLock
-from ..state.experiment_report import ExperimentReport
+from ..config.search_space import reject_search_keys
 from ..objects.object_factory import ObjectFactory
 from ..objects.pb_trainers import PBTrainerRules
-from .rank_wait import describe_collective_failure
 from ..objects.registry import default_registry, Registry
-from ..state.run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
-                        log_fatal_error, remove_failed_start)
-from .run_interrupt import RunInterrupted, interrupted_at
-from .run_context import RunContext
-from ..state.run_state import seed_epoch
-from .scheme_run import SchemeRun
-from ..config.search_space import reject_search_keys
 from ..objects.split_checks import check_split_classes, map_splits_to_eval
+from ..state.experiment_lock import ExperimentLock
+from ..state.experiment_report import ExperimentReport
+from ..state.run_guard import (check_experiment_name, check_root_folder, has_started, log_fatal_error,
+                               remove_failed_start)
+from ..state.run_state import seed_epoch
+from .config_checks import GENERAL_DEFAULTS, REQUIRED_KEYS, general_settings, split_schemes
+from .evaluate_only import EVALUATE_CHOICES
+from .rank_wait import describe_collective_failure
+from .run_context import RunContext
+from .run_interrupt import RunInterrupted, interrupted_at
+from .scheme_run import SchemeRun
 
 __all__ = ["ExperimentRunner"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 
-GENERAL_DEFAULTS = {
-    "num_epochs_train": 1000,
-    "save_interval": 2,
-    "patience": 9,
-    "check_untrained_accuracy": True,
-    "skip_eval_if_already_done": True,
-    "log_data_to_tensorboard": True,
-    "save_lists_in_db": False,
-    "seed": 0,
-    "device": None,
-    "distributed_timeout_seconds": 300,
-    "distributed_eval_timeout_seconds": 86400,
-    "num_threads": None,
-    "splits_to_eval": ["val"],
-}
 # PB keys with no effect here (PB's factories, ensembles, Bayesian runner and API parsers)
 IGNORED_KEYS = ("api_parser", "factories", "aggregator", "ensemble", "save_figures_on_tensorboard",
                 "override_required_compatible_factories", "skip_ensemble_eval_if_already_done")
 USED_KEYS = set(GENERAL_DEFAULTS) | set(IGNORED_KEYS) | {
     "trainer", "models", "optimizers", "loss_funcs", "mining_funcs", "sampler", "controllers", "controller",
     "transforms", "tester", "hook_container", "dataset", "split_manager", "layers_to_extract"}
-# required top-level keys and the category that should define each
-REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimizers": "config_optimizers",
-                 "loss_funcs": "config_loss_and_miners", "tester": "config_eval", "dataset": "config_dataset",
-                 "split_manager": "config_dataset"}
 
 
 class ExperimentRunner:
@@ -140,28 +120,8 @@ class ExperimentRunner:
             remove_failed_start(self.experiment_folder)
         return config
 
-    @staticmethod
-    def general(config: ExperimentConfig) -> dict:
-        """PB's general keys with defaults, type-checked (errors name the key and its file)."""
-        out = {k: config.get(k, v) for k, v in GENERAL_DEFAULTS.items()}
-        for key in ("num_epochs_train", "save_interval"):
-            if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-                raise ConfigError(config.source_of(key), key, f"must be an integer >= 1, got {out[key]!r}")
-        if out["patience"] is not None and (not isinstance(out["patience"], int) or out["patience"] < 0):
-            raise ConfigError(config.source_of("patience"), "patience", f"must be null or an integer >= 0, "
-                                                                       f"got {out['patience']!r}")
-        if out["num_threads"] is not None and (not isinstance(out["num_threads"], int) or out["num_threads"] < 1):
-            raise ConfigError(config.source_of("num_threads"), "num_threads",
-                              f"must be null or an integer >= 1, got {out['num_threads']!r}")
-        if not isinstance(out["seed"], int):
-            raise ConfigError(config.source_of("seed"), "seed", f"must be an integer, got {out['seed']!r}")
-        out["device"] = check_device(out["device"], config.source_of("device"))
-        for key in ("distributed_timeout_seconds", "distributed_eval_timeout_seconds"):
-            out[key] = check_timeout(out[key], config.source_of(key), key)
-        if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
-            raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
-                              "must be a non-empty list of split names")
-        return out
+    # PB's general keys with defaults, type-checked (config_checks)
+    general = staticmethod(general_settings)
 
     # PB's splits_to_eval + reference_set -> PML 2.x's [(query, [references])] (split_checks)
     map_splits_to_eval = staticmethod(map_splits_to_eval)

@@ -7,8 +7,8 @@ import os
 
 from ..config.config_error import ConfigError
 from ..state.run_guard import validation_split
-from .pml_internals import trunk_output_only
 from ..state.run_records import splits_not_yet_evaluated, sql_safe_record_keeper
+from .pml_internals import trunk_output_only
 
 __all__ = ["build_hooks", "check_untrained_accuracy", "hook_container_spec"]
 

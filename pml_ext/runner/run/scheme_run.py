@@ -14,21 +14,21 @@ from typing import Any
 
 import torch
 
-from ..state.checkpoint_store import CheckpointStore, trainer_objects
 from ..config.config_error import ConfigError
+from ..objects.split_checks import map_splits_to_eval
+from ..objects.split_checks import check_batches
+from ..state.checkpoint_store import CheckpointStore, trainer_objects
+from ..state.run_records import batch_getter, recordable_statistics, settings_history
+from ..state.run_state import RngStates, seed_epoch, stateful_objects
 from .epoch_updater import EpochUpdater, unwrap
 from .evaluate_only import evaluate_saved_models
+from .pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream, stop_model_saving,
+                            wrap_accuracy_calculation)
 from .rank_wait import RankZeroWait
+from .run_context import RunContext
 from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
 from .run_hooks import build_hooks, check_untrained_accuracy
 from .run_output import EpochProgress, log_native_output
-from .pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream, stop_model_saving,
-                            wrap_accuracy_calculation)
-from .run_context import RunContext
-from ..state.run_records import batch_getter, recordable_statistics, settings_history
-from ..state.run_state import RngStates, seed_epoch, stateful_objects
-from ..objects.split_checks import map_splits_to_eval
-from ..objects.split_checks import check_batches
 
 __all__ = ["SchemeRun"]
 
