@@ -10,7 +10,7 @@ Experiment folder (PB's layout)::
         <split scheme>/tensorboard_logs/  when tensorboard is installed
         metrics_per_epoch.csv, primary_metric.png, loss.png, controller_*.png, run.log
 
-Under ``torchrun`` (gloo on CPU, NCCL on GPUs) every rank trains on its shard of each
+Under ``torchrun`` (NCCL for a cuda device, gloo otherwise) every rank trains on its shard of each
 epoch's batches; only rank 0 evaluates, saves models and writes records and plots, and it
 broadcasts its keep-training decision so that every rank stops at the same epoch.
 """

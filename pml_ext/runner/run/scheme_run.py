@@ -3,7 +3,8 @@
 ``ExperimentRunner`` reads and checks the config, then runs one :class:`SchemeRun` per split
 scheme: ``build()`` returns the objects it built, ``run()`` trains them. A scheme knows the
 run through its :class:`~.run_context.RunContext` alone. Rank 0 evaluates, checkpoints and
-records; every rank trains on its shard and waits for rank 0 at the end of each epoch (docs/runner.md, "Distributed").
+records; every rank trains on its shard and waits for rank 0 at the end of each epoch
+(docs/runner.md, "Distributed").
 """
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ from typing import Any
 import torch
 
 from ..config.config_error import ConfigError
-from ..objects.split_checks import map_splits_to_eval
-from ..objects.split_checks import check_batches
+from ..objects.split_checks import check_batches, map_splits_to_eval
 from ..state.checkpoint_store import CheckpointStore, trainer_objects
 from ..state.run_records import batch_getter, recordable_statistics, settings_history
 from ..state.run_state import RngStates, seed_epoch, stateful_objects
