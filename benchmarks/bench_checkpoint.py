@@ -22,7 +22,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils.logging_presets import HookContainer
 
 import pml_ext
-from pml_ext.runner.checkpoint_store import CheckpointStore
+from pml_ext.runner.state.checkpoint_store import CheckpointStore
 
 
 def objects() -> dict:

@@ -59,7 +59,7 @@ def render_part() -> list[str]:
 
 def run_seeds(seeds, methods=None, methods_folder=None, overrides=(), dataset="glyphs"):
     """``{seed: (rows, total wall time, histories)}`` from one ComparisonRunner run per seed."""
-    from pml_ext.runner.comparison_runner import ComparisonRunner
+    from pml_ext.runner.report.comparison_runner import ComparisonRunner
 
     out = {}
     for seed in seeds:

@@ -50,7 +50,6 @@ UNSUPPORTED_OPTIONS = {
     "evaluate_ensemble": "PB's ensembles of the split schemes' models are not supported; use --evaluate",
     "reproduce_results": "not supported; rerun the saved configs with --root_config_folder <experiment>/configs",
 }
-_KEY = re.compile(r"^--[A-Za-z]")
 
 
 def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
@@ -59,11 +58,12 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
     ``overrides`` is a list of ``(key, value)`` in command-line order; values are parsed as
     YAML after joining the words that follow the key. Raises ``ConfigError`` on bad YAML.
     """
-    from .runner.config_error import ConfigError
+    from .runner.config.config_error import ConfigError
+    from .runner.config.config_merge import OPTION_WORD
 
     groups: list[tuple[str, list[str]]] = []
     for word in argv:
-        if _KEY.match(word):
+        if OPTION_WORD.match(word):
             groups.append((word[2:], []))
         elif not groups:
             raise ConfigError("command line", word, "expected --key before a value")
@@ -119,7 +119,7 @@ def parse_run_args(argv: Sequence[str]) -> tuple[dict, dict, list]:
 
 
 def _names(words: list[str], key: str) -> list[str]:
-    from .runner.config_error import ConfigError
+    from .runner.config.config_error import ConfigError
 
     if len(words) == 1 and words[0].startswith("["):
         parsed = yaml.safe_load(words[0])
@@ -130,12 +130,12 @@ def _names(words: list[str], key: str) -> list[str]:
 
 
 def run(argv: Sequence[str]) -> int:
-    from .runner.comparison_runner import ComparisonRunner
-    from .runner.experiment_runner import ExperimentRunner
-    from .runner.main_job_datasets import NO_BENCHMARK
+    from .runner.report.comparison_runner import ComparisonRunner
+    from .runner.run.experiment_runner import ExperimentRunner
+    from .runner.objects.main_job_datasets import NO_BENCHMARK
 
-    from .runner.config_error import ConfigError
-    from .runner.run_output import configure_output
+    from .runner.config.config_error import ConfigError
+    from .runner.run.run_output import configure_output
 
     options, config_names, overrides = parse_run_args(argv)
     if options.get("help"):
@@ -189,8 +189,8 @@ def run(argv: Sequence[str]) -> int:
 def _choose_dataset(options: dict, overrides: list) -> str | None:
     """The main-job benchmark ``--dataset`` names (its placeholder override removed), else ``None``
     (no ``--dataset``, or a dataset class, which stays an override of the config key)."""
-    from .runner.main_job_datasets import choose_dataset
-    from .runner.registry import default_registry
+    from .runner.objects.main_job_datasets import choose_dataset
+    from .runner.objects.registry import default_registry
 
     if "dataset" not in options:
         return None
@@ -203,8 +203,8 @@ def _choose_dataset(options: dict, overrides: list) -> str | None:
 def _method_overrides(names: list[str]) -> list:
     """``--methods KEY`` with ``--experiment_name``: the bundled method file's config, merged before
     the command line's overrides (one experiment, or a search over ranges added to it)."""
-    from .runner.comparison_runner import ComparisonRunner
-    from .runner.config_error import ConfigError
+    from .runner.report.comparison_runner import ComparisonRunner
+    from .runner.config.config_error import ConfigError
 
     if len(names) != 1:
         raise ConfigError("command line", "--methods", f"with --experiment_name, give one method file, got {names}")
@@ -213,7 +213,7 @@ def _method_overrides(names: list[str]) -> list:
 
 
 def _bayesian_search(options: dict, config_names: dict, overrides: list, root: str) -> int:
-    from .runner.bayesian_search import BayesianSearch
+    from .runner.report.bayesian_search import BayesianSearch
 
     if "experiment_name" not in options or "bayes_opt_iters" not in options:
         raise ValueError("--bayes_opt_iters (and --reproductions) need --experiment_name and --bayes_opt_iters")
@@ -232,8 +232,8 @@ def _bayesian_search(options: dict, config_names: dict, overrides: list, root: s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``pml-ext``)."""
-    from .runner.run_guard import log_fatal_error_to
-    from .runner.run_output import print_user_error
+    from .runner.state.run_guard import log_fatal_error_to
+    from .runner.run.run_output import print_user_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -245,8 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv[1:])
     except KeyboardInterrupt as exc:  # Ctrl-C: one line, where it stopped and how to continue
-        from .runner.run_interrupt import INTERRUPTED_STATUS, interrupt_line
-        from .runner.run_output import console_rank
+        from .runner.run.run_interrupt import INTERRUPTED_STATUS, interrupt_line
+        from .runner.run.run_output import console_rank
 
         if console_rank() == 0:
             print(interrupt_line(exc, argv[1:]), file=sys.stderr)

@@ -19,8 +19,8 @@ import torch._dynamo  # noqa: F401  (imported by the optimizers; paid once, befo
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401  (the run's plots)
 
-from pml_ext.runner import checkpoint_store
-from pml_ext.runner.experiment_runner import ExperimentRunner
+from pml_ext.runner.state import checkpoint_store
+from pml_ext.runner.run.experiment_runner import ExperimentRunner
 
 # A deterministic run: whole passes over a seeded random order (no sampler state), as in
 # tests/test_runner_run.py's resume test.

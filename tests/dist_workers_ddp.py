@@ -7,8 +7,8 @@ import torch
 
 import pml_ext
 from pml_ext.runner import ComparisonRunner, ConfigReader, default_registry
-from pml_ext.runner.object_factory import ObjectFactory
-from pml_ext.runner.run_distribution import distributed_loss, distributed_miner, wrap_models_for_ddp
+from pml_ext.runner.objects.object_factory import ObjectFactory
+from pml_ext.runner.run.run_distribution import distributed_loss, distributed_miner, wrap_models_for_ddp
 
 STEPS, PER_RANK_TRIPLETS, LR = 3, 8, 0.05
 

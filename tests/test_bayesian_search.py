@@ -13,8 +13,8 @@ import yaml
 
 from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ExperimentRunner
-from pml_ext.runner.bayesian_search import BayesianSearch
-from pml_ext.runner.search_space import search_space
+from pml_ext.runner.report.bayesian_search import BayesianSearch
+from pml_ext.runner.config.search_space import search_space
 
 optuna = pytest.importorskip("optuna")
 
@@ -148,7 +148,7 @@ def test_the_documented_search_runs_on_the_bundled_digits_configs(tmp_path, caps
     # the bundled split holds out a quarter of each training class as val (val_fraction, one partition)
     assert cli_search(tmp_path, "s", 2, "--config_optimizers", "default", "with_lr_bayes_opt", *TINY) == 0
     assert "Best trial: s" in capsys.readouterr().out
-    from pml_ext.runner.config_reader import BUNDLED_CONFIG_FOLDER
+    from pml_ext.runner.config.config_reader import BUNDLED_CONFIG_FOLDER
 
     with open(f"{BUNDLED_CONFIG_FOLDER}/config_optimizers/with_lr_bayes_opt.yaml") as f:
         low, high = yaml.safe_load(f)["optimizers~APPLY~3"]["lr~LOG_BAYESIAN~"]

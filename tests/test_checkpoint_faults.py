@@ -19,7 +19,7 @@ import torch
 
 from checkpoint_kill_child import OVERRIDES
 from pml_ext.runner import ExperimentRunner
-from pml_ext.runner.checkpoint_store import CheckpointError, CheckpointStore
+from pml_ext.runner.state.checkpoint_store import CheckpointError, CheckpointStore
 
 SCHEME = "Test50_50_Partitions1_0"
 CHILD = str(pathlib.Path(__file__).parent / "checkpoint_kill_child.py")
@@ -150,7 +150,7 @@ def test_leftovers_of_an_unfinished_first_checkpoint_restart_the_run_from_epoch_
 
 
 def test_records_are_cut_back_to_a_checkpoint_extent(tmp_path):
-    from pml_ext.runner.checkpoint_store import records_extent, roll_back_records
+    from pml_ext.runner.state.checkpoint_store import records_extent, roll_back_records
 
     db = tmp_path / "logs.db"
     with sqlite3.connect(db) as conn:

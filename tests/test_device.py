@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from pml_ext import EmbeddingIndex
 from pml_ext.runner import ExperimentRunner
-from pml_ext.runner.run_distribution import wrap_models_for_ddp
+from pml_ext.runner.run.run_distribution import wrap_models_for_ddp
 from pml_ext.utils import distributed as pml_dist
 
 
@@ -87,6 +87,30 @@ def test_the_process_group_backend_is_nccl_exactly_when_cuda_is_present(monkeypa
                                                                                             timeout=timeout))
     assert pml_dist.init_from_env(timeout_seconds=42) is True
     assert started == {"backend": backend, "timeout": datetime.timedelta(seconds=42)}
+
+
+@pytest.mark.parametrize("configured, cuda, local_rank, device, backend", [
+    (None, True, "1", "cuda:1", "nccl"),      # each torchrun rank its own GPU
+    (None, True, None, "cuda:0", "nccl"),     # one process: the first GPU
+    ("cpu", True, "1", "cpu", "gloo"),        # a cpu run on a machine with GPUs: no NCCL
+    ("cuda:0", True, "1", "cuda:0", "nccl"),  # a configured device wins over LOCAL_RANK
+    (None, False, "1", "cpu", "gloo"),
+], ids=["default-rank1", "default-alone", "cpu-with-cuda", "configured-cuda", "no-cuda"])
+def test_the_run_device_is_the_configured_one_else_the_local_rank_gpu_and_the_backend_follows_it(
+        monkeypatch, configured, cuda, local_rank, device, backend):
+    started = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
+    monkeypatch.setattr(pml_dist, "is_distributed", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: started.update(backend=backend))
+    assert pml_dist.run_device(configured) == torch.device(device)
+    assert pml_dist.init_from_env(device=configured) is True
+    assert started == {"backend": backend}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pytorch_metric_learning.utils.distributed import DistributedMinerWrapper
 
 from dist_utils import run_world
 from pml_ext import SmartBatchSampler, SmartMiner
-from pml_ext.runner.run_distribution import distributed_loss, distributed_miner
+from pml_ext.runner.run.run_distribution import distributed_loss, distributed_miner
 
 NUM, BATCH = 91, 30
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from pml_ext.__main__ import main
-from pml_ext.runner.experiment_lock import ExperimentLock, ExperimentLocked
+from pml_ext.runner.state.experiment_lock import ExperimentLock, ExperimentLocked
 
 CHILD = str(pathlib.Path(__file__).parent / "checkpoint_kill_child.py")
 SCHEME = "Test50_50_Partitions1_0"

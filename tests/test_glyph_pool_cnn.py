@@ -29,7 +29,7 @@ def test_shapes_layers_and_bad_arguments():
 
 
 def test_registry_builds_it_by_name_from_a_config():
-    from pml_ext.runner.registry import Registry
+    from pml_ext.runner.objects.registry import Registry
 
     registry = Registry()
     cls = registry.get("model", "GlyphPoolCNN")

@@ -11,8 +11,8 @@ import pytest
 
 from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ExperimentRunner
-from pml_ext.runner.comparison_runner import ComparisonRunner
-from pml_ext.runner.main_job_folder import MARKER, MainJobFolders
+from pml_ext.runner.report.comparison_runner import ComparisonRunner
+from pml_ext.runner.state.main_job_folder import MARKER, MainJobFolders
 
 TINY = ["--num_epochs_train", "1", "--trainer~APPLY~2", "{iterations_per_epoch: 2}"]
 
@@ -126,7 +126,7 @@ def test_a_split_the_data_set_cannot_make_names_the_split_manager(tmp_path):
 def test_evaluating_again_keeps_the_earlier_evaluations(tmp_path):
     import yaml
 
-    from pml_ext.runner.evaluate_only import write_evaluation
+    from pml_ext.runner.run.evaluate_only import write_evaluation
 
     def read(name):
         return yaml.safe_load((tmp_path / name).read_text())

@@ -7,7 +7,7 @@ number is worked out in the comments.
 import pytest
 import torch
 
-from pml_ext.runner.pb_models import LayerExtractor, ListOfModels, mlp_layer_sizes
+from pml_ext.runner.objects.pb_models import LayerExtractor, ListOfModels, mlp_layer_sizes
 
 
 def net(device) -> torch.nn.Sequential:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 
-from pml_ext.runner.run_state import RngStates, SamplerState, stateful_objects
+from pml_ext.runner.state.run_state import RngStates, SamplerState, seed_epoch, stateful_objects
 from pml_ext.samplers.distributed_shard_sampler import DistributedShardSampler
 from pml_ext.samplers.whole_batches import WholeBatches
 
@@ -67,3 +67,17 @@ def test_stateful_objects_names_every_part():
                                mining_funcs={"tuple_miner": SmartMiner()}, controllers={"controller_k": object()},
                                rng=RngStates())
     assert list(objects) == ["sampler", "miner_tuple_miner", "controller_k", "rng_states"]
+
+
+def test_epoch_zero_seeds_like_the_seed_itself_and_each_epoch_draws_its_own_stream():
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    plain = draws()
+    seed_epoch(5)
+    assert draws() == plain
+    seed_epoch(5, 2)
+    epoch2 = draws()
+    seed_epoch(5, 2)
+    assert draws() == epoch2
+    for other in ((5, 1), (5, 3), (6, 2)):
+        seed_epoch(*other)
+        assert draws() != epoch2

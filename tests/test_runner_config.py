@@ -13,7 +13,7 @@ from suite_options import PB_CONFIGS
 
 from pml_ext.__main__ import parse_run_args
 from pml_ext.runner import ConfigError, ConfigReader, ExperimentConfig, ExperimentRunner
-from pml_ext.runner.config_merge import merge_configs
+from pml_ext.runner.config.config_merge import merge_configs
 
 PB = pathlib.Path(__file__).parent / "data" / "pb_configs"  # pml_ext's fixtures in PB's layout
 PB_REAL = PB_CONFIGS

@@ -40,7 +40,7 @@ def test_multiple_losses_are_wrapped_member_by_member_and_other_losses_are_refus
     from pytorch_metric_learning.miners import TripletMarginMiner
     from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 
-    from pml_ext.runner.run_distribution import distributed_loss
+    from pml_ext.runner.run.run_distribution import distributed_loss
 
     wrapped = distributed_loss(MultipleLosses([TripletMarginLoss(), TripletMarginLoss()],
                                               miners=[TripletMarginMiner(), None], weights=[1, 0.5]))

@@ -129,7 +129,7 @@ def test_under_torchrun_only_rank_0_prints_progress(tmp_path):
 
 
 def test_a_barrier_failing_long_before_its_deadline_names_the_ranks_as_exited_and_one_at_it_as_late():
-    from pml_ext.runner.rank_wait import describe_collective_failure
+    from pml_ext.runner.run.rank_wait import describe_collective_failure
 
     gloo = RuntimeError("[Rank 0]: Ranks 1, 3 failed to pass monitoredBarrier in 86400000 ms")
     early = describe_collective_failure(gloo, 0, 300, 86400, waited=1.9)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pml_ext.__main__ import main
-from pml_ext.runner.config_reader import BUNDLED_CONFIG_FOLDER
+from pml_ext.runner.config.config_reader import BUNDLED_CONFIG_FOLDER
 
 CUDA_COUNT = torch.cuda.device_count() if torch.cuda.is_available() else 0
 FAST = ["--num_epochs_train", "1", "--trainer~APPLY~2", "{iterations_per_epoch: 2}",

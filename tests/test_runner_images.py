@@ -18,11 +18,11 @@ from pb_protocol import SPEED, dataset_root
 
 from pml_ext.__main__ import main
 from pml_ext.runner import ConfigError, ConfigReader, ExperimentRunner
-from pml_ext.runner import datasets as pb_datasets
-from pml_ext.runner.object_factory import ObjectFactory
-from pml_ext.runner.registry import Registry
-from pml_ext.runner.trunks import ToSpaceAndRange, build_trunk
-from pml_ext.runner.vision import import_torchvision
+from pml_ext.runner.objects import datasets as pb_datasets
+from pml_ext.runner.objects.object_factory import ObjectFactory
+from pml_ext.runner.objects.registry import Registry
+from pml_ext.runner.objects.trunks import ToSpaceAndRange, build_trunk
+from pml_ext.runner.objects.vision import import_torchvision
 
 FIXTURES = str(pathlib.Path(__file__).parent / "data" / "pb_configs")
 LAYOUTS = {"CUB200": {}, "Cars196": {}, "StanfordOnlineProducts": {}, "ImageFolder": {"folder": "my_images"}}
@@ -102,7 +102,7 @@ def test_bninception_needs_pretrainedmodels_and_says_how_to_get_it():
         pytest.skip("pretrainedmodels is installed")
     except ImportError:
         pass
-    from pml_ext.runner.trunks import bninception
+    from pml_ext.runner.objects.trunks import bninception
 
     with pytest.raises(ConfigError, match=r'pip install "pml-ext\[pretrainedmodels\]"'):
         build_trunk("bninception", bninception, {}, "f.yaml", "models.trunk.bninception", is_trunk=True)

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.figure  # noqa: E402
 
 from pml_ext.__main__ import main  # noqa: E402
-from pml_ext.runner.experiment_report import ExperimentReport, setting_label  # noqa: E402
+from pml_ext.runner.state.experiment_report import ExperimentReport, setting_label  # noqa: E402
 
 SCHEME = "Test50_50_Partitions1_0"
 
@@ -125,7 +125,7 @@ def test_faiss_clustering_warnings_go_to_run_log_not_the_terminal(tmp_path):
 def test_the_console_keeps_python_warnings_while_native_output_is_captured(tmp_path):
     script = """
 import logging, os
-from pml_ext.runner.run_output import LOGGER, configure_output, native_output_to_log
+from pml_ext.runner.run.run_output import LOGGER, configure_output, native_output_to_log
 configure_output(False)
 log = logging.FileHandler("run.log")
 LOGGER.addHandler(log)
@@ -143,7 +143,7 @@ print("after")
 
 
 def test_the_main_job_table_fits_120_columns_with_every_bundled_method_and_long_notes():
-    from pml_ext.runner.comparison_runner import ComparisonRunner
+    from pml_ext.runner.report.comparison_runner import ComparisonRunner
 
     names = [m["name"] for m in ComparisonRunner(dataset="digits").methods()]
     notes = "really mined: 0.87 of triplets in 8/10 epochs; kappa 1.53 at the end; " * 3
@@ -180,7 +180,7 @@ def test_help_lists_every_flag_the_readme_and_the_runner_docs_use(capsys):
 
 
 def test_the_resume_command_keeps_what_names_the_experiment_and_drops_what_the_saved_configs_hold():
-    from pml_ext.runner.run_interrupt import RunInterrupted, interrupt_line, resume_command
+    from pml_ext.runner.run.run_interrupt import RunInterrupted, interrupt_line, resume_command
 
     argv = ["--experiment_name", "e", "--root_config_folder", "cfg", "--config_general", "default", "big",
             "--register_module", "my.plugins", "--trainer~APPLY~2", "{batch_size:", "8}", "--root_experiment_folder",

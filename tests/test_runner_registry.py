@@ -74,7 +74,7 @@ def test_unknown_names_list_the_closest_known_ones():
                                           r"Closest known names: TripletMarginLoss"):
         Registry().build("loss", {"TripletMarginLos": {}}, "f.yaml", "loss_funcs.metric_loss")
     # PB's default trunk resolves (built through pretrainedmodels); torchvision's names are known
-    from pml_ext.runner.trunks import bninception
+    from pml_ext.runner.objects.trunks import bninception
 
     assert Registry().get("model", "bninception") is bninception
     with pytest.raises(ConfigError, match=r"unknown model 'resnet500'\. Closest known names: .*resnet50"):

@@ -206,7 +206,7 @@ def test_epoch_updates_and_a_controller_get_their_calls_from_the_run(tmp_path):
 
 
 def test_smart_mining_method_runs_with_its_sampler_updates_and_controller(tmp_path):
-    from pml_ext.runner.comparison_runner import ComparisonRunner
+    from pml_ext.runner.report.comparison_runner import ComparisonRunner
 
     method = next(m for m in ComparisonRunner().methods() if m["key"] == "smart_mining")
     overrides = list(method["config"].items()) + [

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from pml_ext.runner import ConfigError, ExperimentConfig
-from pml_ext.runner.search_space import search_space, substitute
+from pml_ext.runner.config.search_space import search_space, substitute
 
 CATEGORIES = {
     "loss_funcs": {"metric_loss": {"TripletMarginLoss": {"margin~BAYESIAN~": [0.01, 0.5]}}},

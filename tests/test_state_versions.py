@@ -5,7 +5,7 @@ import torch
 
 import pml_ext
 from pml_ext.index.epoch_knn import EpochKnn
-from pml_ext.runner.run_state import ControllerState, RngStates, SamplerState
+from pml_ext.runner.state.run_state import ControllerState, RngStates, SamplerState
 
 FUTURE = 99
 

@@ -46,8 +46,8 @@ CHILD = textwrap.dedent("""
     logging.getLogger("pml_ext").addHandler(handler)
 
     from pml_ext.runner.config_error import ConfigError
-    from pml_ext.runner.registry import Registry
-    from pml_ext.runner.vision import import_torchvision
+    from pml_ext.runner.objects.registry import Registry
+    from pml_ext.runner.objects.vision import import_torchvision
 
     def outcome(call):
         try:

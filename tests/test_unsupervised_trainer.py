@@ -7,7 +7,7 @@ and a loss that records the labels it is given during real training iterations.
 import torch
 from pytorch_metric_learning.losses import ContrastiveLoss
 
-from pml_ext.runner.unsupervised_trainer import UnsupervisedEmbeddingsUsingAugmentations
+from pml_ext.runner.objects.unsupervised_trainer import UnsupervisedEmbeddingsUsingAugmentations
 
 
 class Items(torch.utils.data.Dataset):

@@ -25,7 +25,7 @@ class DistributedShardSampler(EpochSampler):
 
     Epochs are numbered as ``EpochSampler`` numbers them; the number is passed on to the
     wrapped sampler's ``set_epoch`` when it has one. ``state_dict`` holds the epoch counters
-    only; the wrapped sampler's state is its own (``pml_ext.runner.run_state`` saves every
+    only; the wrapped sampler's state is its own (``pml_ext.runner.state.run_state`` saves every
     layer). ``update(...)`` is forwarded to the wrapped sampler, so the config runner's
     per-epoch protocol works unchanged.
     """

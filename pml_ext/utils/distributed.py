@@ -25,6 +25,7 @@ __all__ = [
     "mean_across_ranks",
     "broadcast_object",
     "init_from_env",
+    "run_device",
 ]
 
 
@@ -110,16 +111,28 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def init_from_env(backend: str | None = None, timeout_seconds: float = 300.0) -> bool:
+def run_device(configured: str | torch.device | None = None) -> torch.device:
+    """The device a run (one rank of it) computes on: the configured one, else
+    ``cuda:LOCAL_RANK`` when CUDA is available (each torchrun rank its own GPU), else ``cpu``."""
+    if configured is not None:
+        return torch.device(configured)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def init_from_env(backend: str | None = None, timeout_seconds: float = 300.0,
+                  device: str | torch.device | None = None) -> bool:
     """Initialise the default process group from torchrun's environment variables.
 
-    Returns False (and does nothing) when ``WORLD_SIZE`` is absent or 1. The timeout is
-    bounded so that a rank that dies makes the others fail with an error instead of
-    waiting forever in a collective.
+    Returns False (and does nothing) when ``WORLD_SIZE`` is absent or 1. The backend follows
+    the run's device (:func:`run_device` of ``device``): NCCL for a cuda device, gloo otherwise.
+    The timeout is bounded so that a rank that dies makes the others fail with an error
+    instead of waiting forever in a collective.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1 or is_distributed():
         return is_distributed()
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = backend or ("nccl" if run_device(device).type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_seconds))
     return True

@@ -33,7 +33,7 @@ class MainJobFolders:
 
     def check(self) -> None:
         """Raise (before anything is written) when ``main_job`` is not the main job's."""
-        from .config_error import ConfigError
+        from ..config.config_error import ConfigError
 
         if os.path.islink(self.link):
             target = os.path.realpath(self.link)

@@ -1,14 +1,9 @@
-"""The run's records: batch getters, seeding, record-keeper tables and what they hold."""
+"""The run's records: batch getters, record-keeper tables and what they hold."""
 from __future__ import annotations
-
-import random
-
-import numpy as np
-import torch
 
 from .experiment_report import ITERATION
 
-__all__ = ["batch_getter", "sql_safe_record_keeper", "recordable_statistics", "seed_all", "settings_history",
+__all__ = ["batch_getter", "sql_safe_record_keeper", "recordable_statistics", "settings_history",
            "splits_not_yet_evaluated"]
 
 
@@ -44,12 +39,6 @@ def recordable_statistics(obj) -> dict[str, float]:
     names = getattr(obj, "_record_these", None) or []
     values = {name: getattr(obj, name, None) for name in names}
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def settings_history(record_keeper) -> list[dict]:

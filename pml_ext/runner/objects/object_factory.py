@@ -27,13 +27,13 @@ from typing import Any
 
 import torch
 
-from ..utils.dotted_path import resolve, resolve_object
-from .config_error import ConfigError
-from .experiment_config import ExperimentConfig
+from ...utils.dotted_path import resolve, resolve_object
+from ..config.config_error import ConfigError
+from ..config.experiment_config import ExperimentConfig
 from .pb_models import LayerExtractor, ListOfModels, mlp_layer_sizes
 from .registry import Registry
-from .vision import import_torchvision
 from .trunks import ToSpaceAndRange, build_trunk, input_convention, is_trunk_factory
+from .vision import import_torchvision
 
 __all__ = ["ObjectFactory"]
 
@@ -127,7 +127,7 @@ class ObjectFactory:
 
     def _model(self, role: str, spec: Any, example_input: torch.Tensor,
                num_classes: int | None = None) -> torch.nn.Module:
-        from ..models.mlp import MLP
+        from ...models.mlp import MLP
 
         key = f"models.{role}"
         name, kwargs = self.registry.parse_spec(spec, self.source("models"), key)

@@ -13,11 +13,12 @@ import logging
 
 import numpy as np
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
-__all__ = ["FEW_CLASSES", "check_batches", "check_split_classes"]
+__all__ = ["FEW_CLASSES", "REFERENCE_SETS", "check_batches", "check_split_classes", "map_splits_to_eval"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
+REFERENCE_SETS = ("compared_to_self", "compared_to_sets_combined", "compared_to_training_set")
 FEW_CLASSES = 10
 
 
@@ -73,3 +74,35 @@ def check_batches(sampler, num_train: int, batch_size: int, source: str) -> None
         raise ConfigError(source, "trainer.batch_size", f"batch_size {batch_size} exceeds the {available} samples of "
                                                         f"{what}, so no batch would be drawn: use a smaller "
                                                         f"batch_size or a larger data set")
+
+
+def map_splits_to_eval(splits: list, reference_set: str, available: list[str], source: str) -> list:
+    """PB's ``splits_to_eval`` + tester ``reference_set`` -> PML 2.x's ``[(query, [references])]``.
+
+    - ``compared_to_self``: each split is its own reference set;
+    - ``compared_to_sets_combined``: every listed split is compared with all of them;
+    - ``compared_to_training_set``: each split is compared with ``train``.
+
+    Entries already in PML 2.x's form (``[query, [references]]``) pass through.
+    """
+    if reference_set not in REFERENCE_SETS:
+        raise ConfigError(source, "tester.reference_set", f"must be one of {', '.join(REFERENCE_SETS)}, "
+                                                          f"got {reference_set!r}")
+    names = [s for s in splits if isinstance(s, str)]
+    out = []
+    for s in splits:
+        if isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[1], (list, tuple)):
+            query, refs = str(s[0]), [str(r) for r in s[1]]
+        elif isinstance(s, str):
+            query = s
+            refs = {"compared_to_self": [s], "compared_to_sets_combined": list(names),
+                    "compared_to_training_set": ["train"]}[reference_set]
+        else:
+            raise ConfigError(source, "splits_to_eval", f"entries must be split names or [query, [references]], "
+                                                        f"got {s!r}")
+        for name in [query] + refs:
+            if name not in available:
+                raise ConfigError(source, "splits_to_eval", f"split '{name}' does not exist; the split "
+                                                            f"manager makes {', '.join(available)}")
+        out.append((query, refs))
+    return out

@@ -22,8 +22,7 @@ import logging
 import types
 from typing import Any, Iterable
 
-from .config_error import ConfigError
-from .run_guard import check_number_kwargs
+from ..config.config_error import ConfigError
 from .vision import TorchvisionMismatch, import_torchvision
 
 __all__ = ["Registry", "register", "default_registry", "KINDS"]
@@ -35,7 +34,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "loss": (("pytorch_metric_learning.losses.BaseMetricLossFunction",
               "pytorch_metric_learning.losses.base_loss_wrapper.BaseLossWrapper",
               "pytorch_metric_learning.losses.MultipleLosses"),
-             ("pytorch_metric_learning.losses", "pml_ext.runner.classification_losses")),
+             ("pytorch_metric_learning.losses", "pml_ext.runner.objects.classification_losses")),
     "miner": (("pytorch_metric_learning.miners.BaseMiner",), ("pytorch_metric_learning.miners",)),
     "distance": (("pytorch_metric_learning.distances.BaseDistance",), ("pytorch_metric_learning.distances",)),
     "reducer": (("pytorch_metric_learning.reducers.BaseReducer",), ("pytorch_metric_learning.reducers",)),
@@ -43,7 +42,7 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                     ("pytorch_metric_learning.regularizers",)),
     "sampler": (("torch.utils.data.Sampler",), ("pytorch_metric_learning.samplers", "torch.utils.data")),
     "trainer": (("pytorch_metric_learning.trainers.BaseTrainer",),
-                ("pytorch_metric_learning.trainers", "pml_ext.runner.unsupervised_trainer")),
+                ("pytorch_metric_learning.trainers", "pml_ext.runner.objects.unsupervised_trainer")),
     "tester": (("pytorch_metric_learning.testers.BaseTester",), ("pytorch_metric_learning.testers",)),
     "accuracy_calculator": (("pytorch_metric_learning.utils.accuracy_calculator.AccuracyCalculator",),
                             ("pytorch_metric_learning.utils.accuracy_calculator",)),
@@ -51,10 +50,11 @@ KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                        ("pytorch_metric_learning.utils.logging_presets",)),
     "optimizer": (("torch.optim.Optimizer",), ("torch.optim",)),
     "lr_scheduler": (("torch.optim.lr_scheduler.LRScheduler",), ("torch.optim.lr_scheduler",)),
-    "model": (("torch.nn.Module",), ("pml_ext.models", "pml_ext.runner.pb_models", "torch.nn", "torchvision.models")),
+    "model": (("torch.nn.Module",),
+              ("pml_ext.models", "pml_ext.runner.objects.pb_models", "torch.nn", "torchvision.models")),
     "transform": ((), ("torchvision.transforms",)),
-    "dataset": (("torch.utils.data.Dataset",), ("pml_ext.runner.datasets",)),
-    "split_manager": ((), ("pml_ext.runner.split_manager",)),
+    "dataset": (("torch.utils.data.Dataset",), ("pml_ext.runner.objects.datasets",)),
+    "split_manager": ((), ("pml_ext.runner.objects.split_manager",)),
     # Controllers have no common base: a pml_ext class qualifies by following the Controller protocol.
     "controller": ((), ()),
 }
@@ -165,7 +165,7 @@ class Registry:
         if bases:
             return obj if issubclass(obj, tuple(bases)) else None
         if kind == "controller":
-            from ..utils.protocols import Controller
+            from ...utils.protocols import Controller
 
             return obj if inspect.isclass(obj) and issubclass(obj, Controller) else None
         return None
@@ -300,3 +300,17 @@ default_registry = Registry()
 def register(kind: str, obj: Any, name: str | None = None) -> None:
     """Register ``obj`` for configs run by ``pml-ext run`` in this process (see :class:`Registry`)."""
     default_registry.register(kind, obj, name)
+
+
+def check_number_kwargs(cls, kwargs: dict, source: str, where: str) -> None:
+    """A kwarg whose default is a number must be given a number (``margin: abc`` is an error here,
+    naming the file and key, not a ``TypeError`` in the middle of training)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    for name, value in kwargs.items():
+        default = params[name].default if name in params else None
+        is_number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if is_number and (isinstance(value, (str, bool)) or isinstance(value, (list, dict))):
+            raise ConfigError(source, f"{where}.{name}", f"must be a number (default {default}), got {value!r}")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
 __all__ = ["ToSpaceAndRange", "bninception", "build_trunk", "input_convention", "is_trunk_factory"]
 

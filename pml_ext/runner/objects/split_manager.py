@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..utils.class_split import class_disjoint_splits
+from ...utils.class_split import class_disjoint_splits
 
 __all__ = ["ClassDisjointSplitManager"]
 

@@ -11,7 +11,8 @@ from .experiment_config import ExperimentConfig
 
 __all__ = ["ConfigReader"]
 
-BUNDLED_CONFIG_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+BUNDLED_CONFIG_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                     "configs")
 COMMAND_LINE = "command line"
 
 

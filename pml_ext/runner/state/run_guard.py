@@ -10,15 +10,14 @@
 from __future__ import annotations
 
 import glob
-import inspect
 import logging
 import os
 import re
 import shutil
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
-__all__ = ["check_device", "check_experiment_name", "check_number_kwargs", "check_root_folder", "check_timeout",
+__all__ = ["check_device", "check_experiment_name", "check_root_folder", "check_timeout",
            "has_started", "log_fatal_error", "log_fatal_error_to", "remove_failed_start", "validation_split"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
@@ -81,20 +80,6 @@ def validation_split(splits_to_eval: list, source: str) -> str:
     raise ConfigError(source, "splits_to_eval", "evaluates only the test split; models must be chosen on a "
                                                 "validation split of the training classes: add val (the split "
                                                 "manager's val_fraction or num_training_partitions > 1)")
-
-
-def check_number_kwargs(cls, kwargs: dict, source: str, where: str) -> None:
-    """A kwarg whose default is a number must be given a number (``margin: abc`` is an error here,
-    naming the file and key, not a ``TypeError`` in the middle of training)."""
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return
-    for name, value in kwargs.items():
-        default = params[name].default if name in params else None
-        is_number = isinstance(default, (int, float)) and not isinstance(default, bool)
-        if is_number and (isinstance(value, (str, bool)) or isinstance(value, (list, dict))):
-            raise ConfigError(source, f"{where}.{name}", f"must be a number (default {default}), got {value!r}")
 
 
 def has_started(experiment_folder: str) -> bool:

@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
 __all__ = ["import_torchvision", "TorchvisionMismatch", "SCHEMA_WORKAROUND_ENV"]
 

@@ -10,7 +10,7 @@ Experiment folder (PB's layout)::
         <split scheme>/tensorboard_logs/  when tensorboard is installed
         metrics_per_epoch.csv, primary_metric.png, loss.png, controller_*.png, run.log
 
-Under ``torchrun`` (gloo on CPU, NCCL on GPUs) every rank trains on its shard of each
+Under ``torchrun`` (NCCL for a cuda device, gloo otherwise) every rank trains on its shard of each
 epoch's batches; only rank 0 evaluates, saves models and writes records and plots, and it
 broadcasts its keep-training decision so that every rank stops at the same epoch.
 """
@@ -23,56 +23,36 @@ from typing import Any, Mapping
 
 import torch
 
-from ..utils.threads import thread_count
-from .config_checks import split_schemes
-from .config_error import ConfigError
-from .config_reader import ConfigReader
+from ...utils.threads import thread_count
+from ..config.config_reader import ConfigReader
+from ..config.experiment_config import ExperimentConfig
+from ..config.search_space import reject_search_keys
+from ..objects.object_factory import ObjectFactory
+from ..objects.pb_trainers import PBTrainerRules
+from ..objects.registry import default_registry, Registry
+from ..objects.split_checks import check_split_classes, map_splits_to_eval
+from ..state.experiment_lock import ExperimentLock
+from ..state.experiment_report import ExperimentReport
+from ..state.run_guard import (check_experiment_name, check_root_folder, has_started, log_fatal_error,
+                               remove_failed_start)
+from ..state.run_state import seed_epoch
+from .config_checks import GENERAL_DEFAULTS, REQUIRED_KEYS, general_settings, split_schemes
 from .evaluate_only import EVALUATE_CHOICES
-from .experiment_config import ExperimentConfig
-from .experiment_lock import ExperimentLock
-from .experiment_report import ExperimentReport
-from .object_factory import ObjectFactory
-from .pb_trainers import PBTrainerRules
 from .rank_wait import describe_collective_failure
-from .registry import default_registry, Registry
-from .run_guard import (check_device, check_experiment_name, check_root_folder, check_timeout, has_started,
-                        log_fatal_error, remove_failed_start)
+from .run_context import RunContext
 from .run_interrupt import RunInterrupted, interrupted_at
-from .run_records import seed_all
 from .scheme_run import SchemeRun
-from .search_space import reject_search_keys
-from .split_checks import check_split_classes
 
 __all__ = ["ExperimentRunner"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 
-GENERAL_DEFAULTS = {
-    "num_epochs_train": 1000,
-    "save_interval": 2,
-    "patience": 9,
-    "check_untrained_accuracy": True,
-    "skip_eval_if_already_done": True,
-    "log_data_to_tensorboard": True,
-    "save_lists_in_db": False,
-    "seed": 0,
-    "device": None,
-    "distributed_timeout_seconds": 300,
-    "distributed_eval_timeout_seconds": 86400,
-    "num_threads": None,
-    "splits_to_eval": ["val"],
-}
 # PB keys with no effect here (PB's factories, ensembles, Bayesian runner and API parsers)
 IGNORED_KEYS = ("api_parser", "factories", "aggregator", "ensemble", "save_figures_on_tensorboard",
                 "override_required_compatible_factories", "skip_ensemble_eval_if_already_done")
 USED_KEYS = set(GENERAL_DEFAULTS) | set(IGNORED_KEYS) | {
     "trainer", "models", "optimizers", "loss_funcs", "mining_funcs", "sampler", "controllers", "controller",
     "transforms", "tester", "hook_container", "dataset", "split_manager", "layers_to_extract"}
-# required top-level keys and the category that should define each
-REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimizers": "config_optimizers",
-                 "loss_funcs": "config_loss_and_miners", "tester": "config_eval", "dataset": "config_dataset",
-                 "split_manager": "config_dataset"}
-REFERENCE_SETS = ("compared_to_self", "compared_to_sets_combined", "compared_to_training_set")
 
 
 class ExperimentRunner:
@@ -140,60 +120,11 @@ class ExperimentRunner:
             remove_failed_start(self.experiment_folder)
         return config
 
-    @staticmethod
-    def general(config: ExperimentConfig) -> dict:
-        """PB's general keys with defaults, type-checked (errors name the key and its file)."""
-        out = {k: config.get(k, v) for k, v in GENERAL_DEFAULTS.items()}
-        for key in ("num_epochs_train", "save_interval"):
-            if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
-                raise ConfigError(config.source_of(key), key, f"must be an integer >= 1, got {out[key]!r}")
-        if out["patience"] is not None and (not isinstance(out["patience"], int) or out["patience"] < 0):
-            raise ConfigError(config.source_of("patience"), "patience", f"must be null or an integer >= 0, "
-                                                                       f"got {out['patience']!r}")
-        if out["num_threads"] is not None and (not isinstance(out["num_threads"], int) or out["num_threads"] < 1):
-            raise ConfigError(config.source_of("num_threads"), "num_threads",
-                              f"must be null or an integer >= 1, got {out['num_threads']!r}")
-        if not isinstance(out["seed"], int):
-            raise ConfigError(config.source_of("seed"), "seed", f"must be an integer, got {out['seed']!r}")
-        out["device"] = check_device(out["device"], config.source_of("device"))
-        for key in ("distributed_timeout_seconds", "distributed_eval_timeout_seconds"):
-            out[key] = check_timeout(out[key], config.source_of(key), key)
-        if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
-            raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
-                              "must be a non-empty list of split names")
-        return out
+    # PB's general keys with defaults, type-checked (config_checks)
+    general = staticmethod(general_settings)
 
-    @staticmethod
-    def map_splits_to_eval(splits: list, reference_set: str, available: list[str], source: str) -> list:
-        """PB's ``splits_to_eval`` + tester ``reference_set`` -> PML 2.x's ``[(query, [references])]``.
-
-        - ``compared_to_self``: each split is its own reference set;
-        - ``compared_to_sets_combined``: every listed split is compared with all of them;
-        - ``compared_to_training_set``: each split is compared with ``train``.
-
-        Entries already in PML 2.x's form (``[query, [references]]``) pass through.
-        """
-        if reference_set not in REFERENCE_SETS:
-            raise ConfigError(source, "tester.reference_set", f"must be one of {', '.join(REFERENCE_SETS)}, "
-                                                              f"got {reference_set!r}")
-        names = [s for s in splits if isinstance(s, str)]
-        out = []
-        for s in splits:
-            if isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[1], (list, tuple)):
-                query, refs = str(s[0]), [str(r) for r in s[1]]
-            elif isinstance(s, str):
-                query = s
-                refs = {"compared_to_self": [s], "compared_to_sets_combined": list(names),
-                        "compared_to_training_set": ["train"]}[reference_set]
-            else:
-                raise ConfigError(source, "splits_to_eval", f"entries must be split names or [query, [references]], "
-                                                            f"got {s!r}")
-            for name in [query] + refs:
-                if name not in available:
-                    raise ConfigError(source, "splits_to_eval", f"split '{name}' does not exist; the split "
-                                                                f"manager makes {', '.join(available)}")
-            out.append((query, refs))
-        return out
+    # PB's splits_to_eval + reference_set -> PML 2.x's [(query, [references])] (split_checks)
+    map_splits_to_eval = staticmethod(map_splits_to_eval)
 
     # ---- data -----------------------------------------------------------------------------
 
@@ -230,7 +161,7 @@ class ExperimentRunner:
             "plots": [paths], "notes": [registry notes]}`` (on rank 0; other ranks get the
             scheme info only).
         """
-        from ..utils.distributed import init_from_env, is_distributed, rank_and_world_size
+        from ...utils.distributed import init_from_env, is_distributed, rank_and_world_size, run_device
 
         # Before init_from_env: an already initialised group (spawned workers), else torchrun's variables.
         self.rank, self.world_size = rank_and_world_size() if is_distributed() else \
@@ -244,15 +175,19 @@ class ExperimentRunner:
             reject_search_keys(config)
             general = self.general(config)
             self.registry.notes.clear()  # notes (e.g. shadowed classes) are logged once per run
-            distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"])
+            distributed = init_from_env(timeout_seconds=general["distributed_timeout_seconds"],
+                                        device=general["device"])
             self.rank, self.world_size = rank_and_world_size()
+            context = RunContext(self.rank, self.world_size, distributed, run_device(general["device"]),
+                                 general["seed"], self.experiment_name, self.experiment_folder,
+                                 self.resume_training, self.evaluate)
             restore_threads = self._set_threads(general["num_threads"])
             if distributed:  # every rank has read the config before rank 0 writes the experiment's folder
                 torch.distributed.barrier()
             if self.rank == 0 and not self.evaluate:
                 self._save_config(config)
                 wrote_config = not self.resume_training
-            return self._run(config, general, distributed)
+            return self._run(config, general, context)
         except BaseException as exc:
             log_fatal_error(handler, exc)
             if wrote_config:
@@ -305,7 +240,7 @@ class ExperimentRunner:
         for category, files in config.sources.items():
             LOGGER.info("%s: %s", category, ", ".join(files))
 
-    def _run(self, config: ExperimentConfig, general: dict, distributed: bool) -> dict:
+    def _run(self, config: ExperimentConfig, general: dict, context: RunContext) -> dict:
         for key, category in REQUIRED_KEYS.items():  # fail before any slow step
             config.require(key, category)
         unknown = sorted(set(config.flat) - USED_KEYS)
@@ -317,7 +252,7 @@ class ExperimentRunner:
         self.trainer_rules = PBTrainerRules(config, self.registry)
         self.trainer_rules.check()
         factory = ObjectFactory(config, self.registry)
-        seed_all(general["seed"])
+        seed_epoch(context.seed)
         train_data, eval_data = self.datasets(config, factory, raw_train=self.trainer_rules.unsupervised)
         manager, schemes = split_schemes(self.registry, config, train_data)
         _, tester_kwargs = self.registry.parse_spec(config.require("tester", "config_eval"), config.source_of("tester"),
@@ -331,8 +266,10 @@ class ExperimentRunner:
         for scheme_name, indices in schemes.items():
             LOGGER.info("Split scheme %s: %s", scheme_name,
                         ", ".join(f"{k}={len(v)} samples" for k, v in indices.items()))
-            info, scheme_report = SchemeRun(self, config, general, factory, manager, scheme_name, indices,
-                                            train_data, eval_data, distributed).run()
+            scheme = SchemeRun(context, self.registry, self.trainer_rules, config, general, factory, manager,
+                               scheme_name, indices, train_data, eval_data)
+            self.objects[scheme_name] = scheme.build()
+            info, scheme_report = scheme.run()
             summary["schemes"][scheme_name] = info
             if scheme_report is not None:
                 report = report or ExperimentReport(scheme_report["primary_metric"])

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..utils.dotted_path import resolve
-from ..utils.protocols import EpochUpdatable
-from .run_state import ControllerState
+from ...utils.dotted_path import resolve
+from ...utils.protocols import EpochUpdatable
+from ..state.run_state import ControllerState
 
 _ControllerState = ControllerState  # its old name
 
@@ -36,7 +36,7 @@ def unwrap(obj: Any) -> Any:
     """The object inside PML's distributed wrappers and pml_ext's shard sampler."""
     from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 
-    from ..samplers.distributed_shard_sampler import DistributedShardSampler
+    from ...samplers.distributed_shard_sampler import DistributedShardSampler
 
     if isinstance(obj, DistributedMinerWrapper):
         return obj.miner

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import torch
 
-from ..samplers.distributed_shard_sampler import DistributedShardSampler
-from ..samplers.epoch_sampler import EpochSampler
-from ..samplers.whole_batches import WholeBatches
+from ...samplers.distributed_shard_sampler import DistributedShardSampler
+from ...samplers.epoch_sampler import EpochSampler
+from ...samplers.whole_batches import WholeBatches
 
 __all__ = ["distribute", "distributed_loss", "wrap_models_for_ddp", "plain_models", "embed_training_set"]
 
@@ -138,8 +138,8 @@ def plain_models(trainer, plain: dict[str, torch.nn.Module]) -> Iterator[None]:
 def embed_training_set(models, dataset, labels: torch.Tensor, device, getter, rank: int, world_size: int,
                        distributed: bool):
     """``(embeddings [N, d], labels [N])`` of the training set; each rank embeds a shard when distributed."""
-    from ..utils.distributed import gather_training_set
-    from ..utils.inference import compute_embeddings
+    from ...utils.distributed import gather_training_set
+    from ...utils.inference import compute_embeddings
 
     positions = torch.arange(len(dataset))
     if distributed:

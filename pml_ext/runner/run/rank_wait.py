@@ -56,7 +56,7 @@ class RankZeroWait:
     def __init__(self, timeout_seconds: float, eval_timeout_seconds: float):
         import torch.distributed as dist
 
-        from ..utils.distributed import is_distributed
+        from ...utils.distributed import is_distributed
 
         self.timeout, self.eval_timeout = timeout_seconds, eval_timeout_seconds
         self.group = None

@@ -25,12 +25,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from .config_error import ConfigError
-from .config_reader import ConfigReader
-from .experiment_config import ExperimentConfig
-from .experiment_runner import ExperimentRunner
-from .run_guard import has_started
-from .search_space import search_space, substitute
+from ..config.config_error import ConfigError
+from ..config.config_reader import ConfigReader
+from ..config.experiment_config import ExperimentConfig
+from ..config.search_space import search_space, substitute
+from ..run.experiment_runner import ExperimentRunner
+from ..state.run_guard import has_started
 
 __all__ = ["BayesianSearch"]
 
@@ -96,9 +96,9 @@ class BayesianSearch:
     def check_selects_on_validation(self, base: ExperimentConfig, space: list) -> None:
         """Trials are compared on ``val``, never on test. Checked on the data, with every range at
         its low end, so any split manager that makes a ``val`` split qualifies."""
-        from .config_checks import check_config, split_schemes
-        from .object_factory import ObjectFactory
-        from .run_hooks import hook_container_spec
+        from ..run.config_checks import check_config, split_schemes
+        from ..objects.object_factory import ObjectFactory
+        from ..run.run_hooks import hook_container_spec
 
         config = substitute(base, space, {p.name: p.low for p in space})
         runner = ExperimentRunner(self.experiment_name, config=config, **self.runner_kwargs)

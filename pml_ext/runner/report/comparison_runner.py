@@ -22,14 +22,14 @@ import os
 import time
 from typing import Iterable, Mapping
 
-from .config_error import ConfigError
-from .config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
-from .epoch_updater import resolve_attribute
-from .experiment_lock import ExperimentLock
-from .experiment_runner import ExperimentRunner
-from .main_job_datasets import MAIN_JOB_DATASETS
-from .main_job_folder import MainJobFolders
-from .registry import Registry
+from ..config.config_error import ConfigError
+from ..config.config_reader import BUNDLED_CONFIG_FOLDER, ConfigReader
+from ..objects.main_job_datasets import MAIN_JOB_DATASETS
+from ..objects.registry import Registry
+from ..run.epoch_updater import resolve_attribute
+from ..run.experiment_runner import ExperimentRunner
+from ..state.experiment_lock import ExperimentLock
+from ..state.main_job_folder import MainJobFolders
 
 __all__ = ["ComparisonRunner"]
 
@@ -105,7 +105,7 @@ class ComparisonRunner:
     def check(self, methods: list[dict]) -> None:
         """Read and check every method's config before anything is written (a typo in an
         override fails here, not after the first methods have trained)."""
-        from .config_checks import check_config
+        from ..run.config_checks import check_config
 
         self.folders.check()
         for method in methods:
@@ -123,7 +123,7 @@ class ComparisonRunner:
         ``histories[method]`` holds the per-epoch ``metrics`` rows (epoch 0 = untrained), the
         sampler's recorded statistics (``sampler_history``) and the controlled settings
         (``settings_history``)."""
-        from ..utils.distributed import broadcast_object, init_from_env, rank_and_world_size
+        from ...utils.distributed import broadcast_object, init_from_env, rank_and_world_size
 
         methods = self.methods()
         self.check(methods)
@@ -146,7 +146,7 @@ class ComparisonRunner:
             return result
 
     def _run_methods(self, methods: list[dict]) -> dict:
-        from .run_output import PROGRESS
+        from ..run.run_output import PROGRESS
 
         rows, curves, skipped, untrained, raw, histories = [], {}, [], None, None, {}
         for number, method in enumerate(methods, 1):
@@ -184,7 +184,7 @@ class ComparisonRunner:
         if rows and self.rank == 0:
             import pandas as pd
 
-            from .checkpoint_store import atomic_write
+            from ..state.checkpoint_store import atomic_write
 
             atomic_write(os.path.join(self.folder, "comparison.csv"),
                          lambda f: pd.DataFrame(rows).to_csv(f, index=False), mode="w")
@@ -211,7 +211,7 @@ class ComparisonRunner:
     @staticmethod
     def test_rows(summary: dict) -> list[dict]:
         """The test split's metrics per epoch (``{"epoch", "P@1", ...}``) of the first split scheme."""
-        from .experiment_report import ExperimentReport
+        from ..state.experiment_report import ExperimentReport
 
         for scheme, info in summary.get("schemes", {}).items():
             report = ExperimentReport("")
@@ -244,8 +244,8 @@ class ComparisonRunner:
         scored by the run's own accuracy calculator; ``None`` when the run kept no test split."""
         import torch
 
-        from ..utils.inference import compute_embeddings
-        from .experiment_report import _SHORT_NAMES
+        from ...utils.inference import compute_embeddings
+        from ..state.experiment_report import _SHORT_NAMES
 
         objects = next(iter(runner.objects.values()), None)
         if not objects or objects.get("tester") is None or "test" not in objects["eval_sets"]:
@@ -281,7 +281,7 @@ class ComparisonRunner:
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
-        from .checkpoint_store import atomic_write
+        from ..state.checkpoint_store import atomic_write
 
         fig, ax = plt.subplots(figsize=(8, 5))
         for name, (epochs, values) in curves.items():

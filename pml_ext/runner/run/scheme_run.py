@@ -1,8 +1,10 @@
 """One split scheme of an experiment: build its objects, resume or start, train, summarise.
 
 ``ExperimentRunner`` reads and checks the config, then runs one :class:`SchemeRun` per split
-scheme. Rank 0 evaluates, checkpoints and records; every rank trains on its shard and waits
-for rank 0 at the end of each epoch (docs/runner.md, "Distributed").
+scheme: ``build()`` returns the objects it built, ``run()`` trains them. A scheme knows the
+run through its :class:`~.run_context.RunContext` alone. Rank 0 evaluates, checkpoints and
+records; every rank trains on its shard and waits for rank 0 at the end of each epoch
+(docs/runner.md, "Distributed").
 """
 from __future__ import annotations
 
@@ -13,17 +15,20 @@ from typing import Any
 
 import torch
 
-from .checkpoint_store import CheckpointStore, trainer_objects
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
+from ..objects.split_checks import check_batches, map_splits_to_eval
+from ..state.checkpoint_store import CheckpointStore, trainer_objects
+from ..state.run_records import batch_getter, recordable_statistics, settings_history
+from ..state.run_state import RngStates, seed_epoch, stateful_objects
 from .epoch_updater import EpochUpdater, unwrap
 from .evaluate_only import evaluate_saved_models
+from .pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream, stop_model_saving,
+                            wrap_accuracy_calculation)
 from .rank_wait import RankZeroWait
+from .run_context import RunContext
 from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
 from .run_hooks import build_hooks, check_untrained_accuracy
 from .run_output import EpochProgress, log_native_output
-from .run_records import batch_getter, recordable_statistics, seed_all, settings_history
-from .run_state import RngStates, stateful_objects
-from .split_checks import check_batches
 
 __all__ = ["SchemeRun"]
 
@@ -31,28 +36,26 @@ LOGGER = logging.getLogger("pml_ext.runner")
 
 
 class SchemeRun:
-    """Train one split scheme of ``runner``'s experiment.
+    """Train one split scheme of an experiment.
 
     Args:
-        runner: the ``ExperimentRunner`` (its rank, registry, PB trainer rules, folders, flags).
+        context: this process's rank, world size, device, seed, folders and flags.
+        registry, trainer_rules: the run's ``Registry`` and its ``PBTrainerRules``.
         config, general, factory, manager: the merged config, its general settings, the
             object factory and the split manager.
         scheme_name, indices: the scheme and its ``{split: sample indices}``.
         train_data, eval_data: the data sets training and evaluation read from.
-        distributed: whether a process group is running.
     """
 
-    def __init__(self, runner, config, general: dict, factory, manager, scheme_name: str, indices: dict,
-                 train_data, eval_data, distributed: bool):
-        from pytorch_metric_learning.utils import common_functions as pml_cf
-
-        self.runner, self.config, self.general, self.factory = runner, config, general, factory
-        self.manager, self.scheme_name, self.indices, self.distributed = manager, scheme_name, indices, distributed
-        self.rank = runner.rank
-        self.folder = os.path.join(runner.experiment_folder, scheme_name)
+    def __init__(self, context: RunContext, registry, trainer_rules, config, general: dict, factory, manager,
+                 scheme_name: str, indices: dict, train_data, eval_data):
+        self.context, self.registry, self.trainer_rules = context, registry, trainer_rules
+        self.config, self.general, self.factory = config, general, factory
+        self.manager, self.scheme_name, self.indices = manager, scheme_name, indices
+        self.rank, self.distributed, self.seed, self.device = (context.rank, context.distributed, context.seed,
+                                                               context.device)
+        self.folder = context.scheme_folder(scheme_name)
         self.model_folder = os.path.join(self.folder, "saved_models")
-        self.seed = general["seed"]
-        self.device = general["device"] or pml_cf.use_cuda_if_available()
         self.getter = batch_getter(manager.data_and_label_getter_keys)
         self.train_data, self.eval_data = train_data, eval_data
         self.sampler_history: list[dict] = []
@@ -62,7 +65,7 @@ class SchemeRun:
 
     def build_training(self) -> None:
         """Data subsets, models, losses, miners, sampler, controllers, optimizers, updater."""
-        config, factory, runner = self.config, self.factory, self.runner
+        config, factory, registry = self.config, self.factory, self.registry
         all_labels = torch.as_tensor(self.manager.labels_of(self.train_data))
         train_idx = torch.as_tensor(self.indices["train"], dtype=torch.long)
         self.train_labels = all_labels[train_idx]
@@ -73,19 +76,19 @@ class SchemeRun:
             [self.eval_sets["train"][i] for i in range(min(2, len(self.train_set)))]))[0]
         num_classes = len(torch.unique(self.train_labels))
         self.models = {k: v.to(self.device) for k, v in factory.models(
-            sample, num_classes, runner.trainer_rules.layers_to_extract()).items()}
+            sample, num_classes, self.trainer_rules.layers_to_extract()).items()}
         loss_funcs = factory.named_objects("loss_funcs", "loss", required=True, offered={
             "num_classes": num_classes, "embedding_size": factory.embedding_sizes[0]})
         mining_funcs = factory.named_objects("mining_funcs", "miner", required=False)
         for obj in list(loss_funcs.values()) + list(mining_funcs.values()):
             if isinstance(obj, torch.nn.Module):
                 obj.to(self.device)
-        self.trainer_name, trainer_kwargs = runner.registry.parse_spec(
+        self.trainer_name, trainer_kwargs = registry.parse_spec(
             config.require("trainer", "config_general"), config.source_of("trainer"), "trainer")
         batch_size = int(trainer_kwargs.get("batch_size", 32))
         # PB's parsers set these over the config's values (e.g. no sampler for unsupervised training)
-        trainer_kwargs.update(runner.trainer_rules.trainer_kwargs(factory, factory.embedding_sizes,
-                                                                  self.manager.data_and_label_getter_keys))
+        trainer_kwargs.update(self.trainer_rules.trainer_kwargs(factory, factory.embedding_sizes,
+                                                                self.manager.data_and_label_getter_keys))
         self.trainer_kwargs = trainer_kwargs
         sampler = factory.sampler(self.train_labels, self.train_set, batch_size, mining_funcs, self.seed)
         check_batches(None if "sampler" in trainer_kwargs and trainer_kwargs["sampler"] is None else sampler,
@@ -95,41 +98,38 @@ class SchemeRun:
         self.optimizers, self.lr_schedulers, self.clippers = factory.optimizers({**self.models, **loss_funcs})
         if self.distributed:
             loss_funcs, mining_funcs, sampler = distribute(loss_funcs, mining_funcs, sampler, len(self.train_set),
-                                                           batch_size, self.seed, self.rank, runner.world_size)
+                                                           batch_size, self.seed, self.rank, self.context.world_size)
         self.loss_funcs, self.mining_funcs, self.sampler = loss_funcs, mining_funcs, sampler
         self.updater = EpochUpdater(mining_funcs, sampler, self.controllers, lambda: embed_training_set(
             self.models, self.eval_sets["train"], self.train_labels, self.device, self.getter, self.rank,
-            runner.world_size, self.distributed))
+            self.context.world_size, self.distributed))
 
     def build_evaluation(self) -> None:
         """The tester (rank 0 only), PML's hooks with the record-keeper, the end-of-epoch hook."""
-        config, runner = self.config, self.runner
-        tester_name, tester_kwargs = runner.registry.parse_spec(config.require("tester", "config_eval"),
-                                                                 config.source_of("tester"), "tester")
+        config, registry = self.config, self.registry
+        tester_name, tester_kwargs = registry.parse_spec(config.require("tester", "config_eval"),
+                                                         config.source_of("tester"), "tester")
         reference_set = tester_kwargs.pop("reference_set", "compared_to_self")
         if not tester_kwargs.get("visualizer"):
             tester_kwargs.pop("visualizer", None)
-        self.splits_to_eval = runner.map_splits_to_eval(self.general["splits_to_eval"], reference_set,
-                                                        list(self.indices), config.source_of("splits_to_eval"))
-        self.hooks, self.record_keeper = build_hooks(runner.registry, config, self.general, self.folder,
+        self.splits_to_eval = map_splits_to_eval(self.general["splits_to_eval"], reference_set,
+                                                 list(self.indices), config.source_of("splits_to_eval"))
+        self.hooks, self.record_keeper = build_hooks(registry, config, self.general, self.folder,
                                                      self.splits_to_eval, self.rank)
         self.tester, self.eval_hook = None, None
         if self.rank != 0:
             return
-        tester = runner.registry.build("tester", {tester_name: tester_kwargs}, config.source_of("tester"), "tester",
-                                       data_device=self.device, data_and_label_getter=self.getter,
-                                       end_of_testing_hook=self.hooks.end_of_testing_hook)
-        for query, refs in self.splits_to_eval:
-            # PML's HookContainer names record tables from this; test() sets it too, but a
-            # resumed run may query the records before testing anything.
-            tester.reference_split_names[query] = list(refs)
+        tester = registry.build("tester", {tester_name: tester_kwargs}, config.source_of("tester"), "tester",
+                                data_device=self.device, data_and_label_getter=self.getter,
+                                end_of_testing_hook=self.hooks.end_of_testing_hook)
+        name_reference_splits(tester, self.splits_to_eval)
         primary = self.hooks.primary_metric
         if primary not in tester.accuracy_calculator.get_curr_metrics():
             raise ConfigError(config.source_of("hook_container"), "hook_container.primary_metric",
                               f"'{primary}' is not computed by the accuracy calculator; it computes "
                               f"{', '.join(tester.accuracy_calculator.get_curr_metrics())}")
         # FAISS's k-means (NMI) warns on stderr at every evaluation of a small split: into run.log
-        tester.accuracy_calculator.get_accuracy = log_native_output(tester.accuracy_calculator.get_accuracy)
+        wrap_accuracy_calculation(tester, log_native_output)
         self.tester = tester
         self.eval_hook = self.hooks.end_of_epoch_hook(
             tester, self.eval_sets, self.model_folder, test_interval=self.general["save_interval"],
@@ -137,25 +137,20 @@ class SchemeRun:
 
     def build_trainer(self) -> None:
         """PML's trainer, the checkpoint store and what it saves, the wait for rank 0."""
-        self.trainer = self.runner.registry.build(
+        self.trainer = self.registry.build(
             "trainer", {self.trainer_name: self.trainer_kwargs}, self.config.source_of("trainer"), "trainer",
             models=self.models, optimizers=self.optimizers, loss_funcs=self.loss_funcs,
             mining_funcs=self.mining_funcs, dataset=self.train_set, sampler=self.sampler, data_device=self.device,
             lr_schedulers=self.lr_schedulers, gradient_clippers=self.clippers or None,
             dataset_labels=self.train_labels.numpy(), data_and_label_getter=self.getter,
             end_of_iteration_hook=self.end_of_iteration, end_of_epoch_hook=self.end_of_epoch)
-        self.runner.objects[self.scheme_name] = {
-            "models": self.models, "loss_funcs": self.loss_funcs, "mining_funcs": self.mining_funcs,
-            "sampler": self.sampler, "controllers": self.controllers, "trainer": self.trainer,
-            "tester": self.tester, "hooks": self.hooks, "eval_sets": self.eval_sets}
         # Saved with the models: a resumed run continues exactly (mining_funcs are saved as such).
         run_state = stateful_objects(self.sampler, self.mining_funcs, self.updater.saveable_controllers, self.rng)
-        self.trainer.run_state = {k: v for k, v in run_state.items() if not k.startswith("miner_")}
-        self.hooks.saveable_trainer_objects.append("run_state")
+        keep_with_models(self.trainer, self.hooks, "run_state",
+                         {k: v for k, v in run_state.items() if not k.startswith("miner_")})
         self.rank_zero_wait = RankZeroWait(self.general["distributed_timeout_seconds"],
                                            self.general["distributed_eval_timeout_seconds"])
-        # The checkpoint store writes (and resumes from) the models, atomically; PML's own saving is off.
-        self.hooks.do_save_models = False
+        stop_model_saving(self.hooks)  # the checkpoint store writes (and resumes from) the models
         rank0 = self.rank == 0
         self.store = CheckpointStore(self.model_folder, os.path.join(self.folder, "saved_csvs") if rank0 else None,
                                      self.record_keeper.save_records if rank0 else None)
@@ -174,12 +169,12 @@ class SchemeRun:
 
     def end_of_epoch(self, trainer) -> bool:
         """Refresh what is updated each epoch, evaluate and checkpoint (rank 0), agree on stopping."""
-        from ..utils.distributed import broadcast_object
+        from ...utils.distributed import broadcast_object
 
         sampler_stats = recordable_statistics(unwrap(self.sampler))  # the epoch just trained, before refresh
         settings = self.updater.end_of_epoch(trainer)
         # The next epoch's stream, the same on every rank; kept (and saved) through rank 0's evaluation.
-        seed_all(self.seed + 1000 * int(trainer.epoch))
+        seed_epoch(self.seed, int(trainer.epoch))
         self.rng.snapshot()
         keep_training = True
         if self.rank == 0:
@@ -193,9 +188,7 @@ class SchemeRun:
         # they wait for rank 0's evaluation and checkpoint first, on the long deadline.
         self.rank_zero_wait.wait()
         keep_training = broadcast_object(keep_training)
-        # Every epoch is a fresh pass over the sampler, as after a resume (PML's trainer would
-        # carry a partly used pass over into the next epoch when iterations_per_epoch is set).
-        trainer.dataloader_iter = iter(trainer.dataloader)
+        restart_epoch_stream(trainer)  # every epoch a fresh pass over the sampler, as after a resume
         return keep_training
 
     def _record_epoch(self, trainer, sampler_stats: dict, settings: dict) -> None:
@@ -219,32 +212,40 @@ class SchemeRun:
 
     # ---- running --------------------------------------------------------------------------
 
-    def run(self) -> tuple[dict, dict | None]:
-        """``(info, report)``: the scheme's summary, and (rank 0) its accuracies and losses for
-        the experiment's report."""
-        start_time = time.time()
-        seed_all(self.seed)
+    def build(self) -> dict[str, Any]:
+        """Build everything the scheme trains and tests with; returns it as ``{"models",
+        "loss_funcs", "mining_funcs", "sampler", "controllers", "trainer", "tester", "hooks",
+        "eval_sets"}`` (the runner keeps it for inspection)."""
+        self.start_time = time.time()
+        seed_epoch(self.seed)
         self.build_training()
         self.build_evaluation()
         self.build_trainer()
-        if self.runner.evaluate:
-            return {"evaluation": evaluate_saved_models(self.runner.evaluate, self.tester, self.models,
+        return {"models": self.models, "loss_funcs": self.loss_funcs, "mining_funcs": self.mining_funcs,
+                "sampler": self.sampler, "controllers": self.controllers, "trainer": self.trainer,
+                "tester": self.tester, "hooks": self.hooks, "eval_sets": self.eval_sets}
+
+    def run(self) -> tuple[dict, dict | None]:
+        """``(info, report)`` after :meth:`build`: the scheme's summary, and (rank 0) its
+        accuracies and losses for the experiment's report."""
+        if self.context.evaluate:
+            return {"evaluation": evaluate_saved_models(self.context.evaluate, self.tester, self.models,
                                                         self.eval_sets, self.folder, self.splits_to_eval,
                                                         self.device)}, None
         start_epoch = self._start_epoch()
         last_epoch = self._train(start_epoch)
-        info = {"start_epoch": start_epoch, "last_epoch": last_epoch, "wall_time": time.time() - start_time,
+        info = {"start_epoch": start_epoch, "last_epoch": last_epoch, "wall_time": time.time() - self.start_time,
                 "sampler_history": self.sampler_history}
         return (info, None) if self.rank != 0 else self._summary(info)
 
     def _start_epoch(self) -> int:
         """Resume from the last complete checkpoint, or check the untrained accuracy (rank 0)."""
         start_epoch = 1
-        if self.runner.resume_training:
+        if self.context.resume_training:
             start_epoch = self.store.resume(self.checkpoint_objects(), self.device, clean_up=self.rank == 0) + 1
             LOGGER.info("%s: resuming at epoch %d", self.scheme_name, start_epoch)
             if start_epoch > 1 and not self.rng.loaded:  # a checkpoint saved without the run's states
-                seed_all(self.seed + 1000 * (start_epoch - 1))
+                seed_epoch(self.seed, start_epoch - 1)
                 if callable(getattr(unwrap(self.sampler), "set_epoch", None)):
                     unwrap(self.sampler).set_epoch(start_epoch)
                 self.updater.refresh()
@@ -264,7 +265,7 @@ class SchemeRun:
             LOGGER.info("%s: already trained for %d epochs (num_epochs_train=%d)", self.scheme_name,
                         start_epoch - 1, num_epochs)
             return start_epoch - 1
-        self.progress = EpochProgress(f"{self.runner.experiment_name}/{self.scheme_name}", start_epoch, num_epochs)
+        self.progress = EpochProgress(f"{self.context.experiment_name}/{self.scheme_name}", start_epoch, num_epochs)
         try:
             self.trainer.train(start_epoch=start_epoch, num_epochs=num_epochs)
         finally:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .config_error import ConfigError
-from .experiment_config import ExperimentConfig
+from ..config.config_error import ConfigError
+from ..config.experiment_config import ExperimentConfig
 from .registry import Registry
 
 __all__ = ["PBTrainerRules"]

@@ -12,6 +12,8 @@ import re
 import shlex
 from typing import Sequence
 
+from ..config.config_merge import OPTION_WORD
+
 __all__ = ["RunInterrupted", "interrupted_at", "resume_command", "interrupt_line"]
 
 # The options a resume needs again: the saved configs supply everything else.
@@ -49,11 +51,9 @@ def interrupted_at(experiment_folder: str, objects: dict) -> str:
 
 def resume_command(argv: Sequence[str]) -> str:
     """The ``pml-ext run`` command continuing the run ``argv`` (the words after ``run``) started."""
-    from ..__main__ import _KEY
-
     words, keep = ["pml-ext", "run"], False
     for word in argv:
-        if _KEY.match(word):
+        if OPTION_WORD.match(word):
             keep = word[2:] in RESUME_OPTIONS
         if keep:
             words.append(word)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 
-from .config_error import ConfigError
+from ..config.config_error import ConfigError
 
 __all__ = ["MAIN_JOB_DATASETS", "NO_BENCHMARK", "choose_dataset"]
 

@@ -3,7 +3,8 @@
 ``stateful_objects(...)`` returns ``{name: object with state_dict()/load_state_dict()}``: the
 sampler (every layer of a wrapped one, PML's samplers included), the miners (their generators
 and epoch triplets), the controllers (their state and the setting they steer) and the random
-number generators of torch, numpy and Python. Saving them after epoch k and loading them
+number generators of torch, numpy and Python. ``seed_epoch(seed, epoch)`` is the one place
+those generators are seeded: before building (epoch 0) and before each epoch. Saving them after epoch k and loading them
 before epoch k + 1 makes a resumed run equal, bit for bit on CPU, to the uninterrupted one.
 """
 from __future__ import annotations
@@ -14,9 +15,22 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..utils.checks import check_state_version
+from ...utils.checks import check_state_version
 
-__all__ = ["ControllerState", "RngStates", "SamplerState", "stateful_objects"]
+__all__ = ["ControllerState", "RngStates", "SamplerState", "seed_epoch", "stateful_objects"]
+
+# Epoch e's seed is seed + EPOCH_SEED_STRIDE * e: far enough apart that nearby config seeds
+# (0, 1, 2, ...) never share an epoch's stream.
+EPOCH_SEED_STRIDE = 1000
+
+
+def seed_epoch(seed: int, epoch: int = 0) -> None:
+    """Seed torch's, numpy's and Python's global generators for ``epoch`` of a run seeded
+    ``seed`` (epoch 0: building the run's objects). Every rank draws the same stream."""
+    value = seed + EPOCH_SEED_STRIDE * int(epoch)
+    random.seed(value)
+    np.random.seed(value % (2 ** 32))
+    torch.manual_seed(value)
 
 
 class RngStates:
@@ -116,7 +130,7 @@ class ControllerState:
     (``controller_<name>_<epoch>.pth``): the runner's one save path for controllers."""
 
     def __init__(self, controller: Any, module: Any, attribute: str):
-        from ..utils.dotted_path import resolve
+        from ...utils.dotted_path import resolve
 
         self.controller = controller
         self.module, self.attribute = resolve(module, attribute, "attribute")

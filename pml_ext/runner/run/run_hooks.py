@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from .config_error import ConfigError
-from .run_guard import validation_split
-from .run_records import splits_not_yet_evaluated, sql_safe_record_keeper
+from ..config.config_error import ConfigError
+from ..state.run_guard import validation_split
+from ..state.run_records import splits_not_yet_evaluated, sql_safe_record_keeper
+from .pml_internals import trunk_output_only
 
 __all__ = ["build_hooks", "check_untrained_accuracy", "hook_container_spec"]
 
@@ -64,11 +65,8 @@ def hook_container_spec(registry, config, splits_to_eval: list) -> tuple[str, di
 def check_untrained_accuracy(hooks, tester, eval_sets, models, splits_to_eval, general) -> None:
     """PB's epochs -1 (trunk output only) and 0 (trunk + embedder), before any training."""
     for epoch, trunk_only in ((-1, True), (0, False)):
-        tester.use_trunk_output = trunk_only
-        try:
+        with trunk_output_only(tester, trunk_only):
             todo = splits_not_yet_evaluated(hooks, tester, epoch, splits_to_eval) \
                 if general["skip_eval_if_already_done"] else [(q, list(r)) for q, r in splits_to_eval]
             if todo:
                 tester.test(eval_sets, epoch, models["trunk"], models["embedder"], todo)
-        finally:
-            tester.use_trunk_output = False
