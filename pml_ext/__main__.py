@@ -7,7 +7,7 @@
                 [--bayes_opt_iters N [--reproductions M]]  # Bayesian search over ~BAYESIAN~ ranges
                 [--methods KEY]                             # start from a main-job method file's config
     pml-ext run [--dataset glyphs|digits|CLASS] [--methods NAME ...] [--verbose] [--key <yaml> ...]
-                                                             # the main job (no experiment name)
+                [--trunk glyph_cnn|glyph_pool_cnn]           # the main job (no experiment name)
     pml-ext run --help                                       # this text
 
 By default the console shows progress, warnings and the final table (everything is in each
@@ -38,8 +38,9 @@ from typing import Sequence
 import yaml
 
 USAGE = __doc__.replace("``", "")
-OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training"}
-# ``--dataset NAME`` (one word) is a bundled benchmark or a dataset class (.runner.main_job_datasets);
+OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "dataset_root", "resume_training",
+           "trunk"}
+# ``--dataset NAME`` (one word) is a bundled benchmark or a dataset class (.runner.objects.main_job_datasets);
 # a YAML mapping is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
 _DATASET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 LIST_OPTIONS = {"register_module", "methods"}
@@ -132,7 +133,7 @@ def _names(words: list[str], key: str) -> list[str]:
 def run(argv: Sequence[str]) -> int:
     from .runner.report.comparison_runner import ComparisonRunner
     from .runner.run.experiment_runner import ExperimentRunner
-    from .runner.objects.main_job_datasets import NO_BENCHMARK
+    from .runner.objects.main_job_datasets import NO_BENCHMARK, choose_trunk
 
     from .runner.config.config_error import ConfigError
     from .runner.run.run_output import configure_output
@@ -149,6 +150,9 @@ def run(argv: Sequence[str]) -> int:
             raise ConfigError("command line", "--register_module", f"cannot import {module!r}: {exc}") from exc
     root = options.get("root_experiment_folder", "experiments")
     benchmark = _choose_dataset(options, overrides)
+    if "trunk" in options and "experiment_name" in options:
+        raise ConfigError("command line", "--trunk", "selects the glyph main job's trunk; a single experiment "
+                          "selects its model file with --config_models NAME (e.g. glyph_pool_cnn)")
     if "experiment_name" in options and "methods" in options:
         overrides[:0] = _method_overrides(options["methods"])
     if "bayes_opt_iters" in options or "reproductions" in options:
@@ -168,9 +172,10 @@ def run(argv: Sequence[str]) -> int:
                          "`pml-ext run` is the main job")
     if benchmark is None and "dataset" not in options:
         benchmark = "glyphs" if "root_config_folder" not in options else NO_BENCHMARK
+    trunk = choose_trunk(options["trunk"], benchmark) if "trunk" in options else None
     runner = ComparisonRunner(root_experiment_folder=root, methods=options.get("methods"), overrides=overrides,
                               root_config_folder=options.get("root_config_folder"),
-                              dataset=None if benchmark in (None, NO_BENCHMARK) else benchmark)
+                              dataset=None if benchmark in (None, NO_BENCHMARK) else benchmark, trunk=trunk)
     if benchmark is None:
         settings = "your config folder" if "root_config_folder" in options else "the bundled digits configs"
         runner.title = f"{options['dataset']} (a dataset class), with the other settings of {settings}"

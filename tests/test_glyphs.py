@@ -242,3 +242,31 @@ def test_main_job_on_glyphs_end_to_end_with_the_cnn(shared_cache, tmp_path, caps
     assert (folder / "comparison.png").is_file() and (folder / "comparison.csv").is_file()
     with open(folder / "pml_triplet_semihard" / "configs" / "config_models.yaml") as f:
         assert "GlyphCNN" in f.read()
+
+
+def test_main_job_trunk_option_selects_a_bundled_glyph_trunk(shared_cache, tmp_path, capsys):
+    from pml_ext.__main__ import main
+
+    argv = ["run", "--root_experiment_folder", str(tmp_path), "--methods", "pml_triplet_semihard",
+            "--trunk", "Glyph_Pool_CNN", "--num_epochs_train", "1", "--check_untrained_accuracy", "false",
+            "--trainer~APPLY~2", "{iterations_per_epoch: 1, batch_size: 32}",
+            "--dataset~APPLY~2", f"{{characters: '{SMALL}', cache_dir: '{shared_cache}', samples_per_font: 2}}"]
+    assert main(argv) == 0
+    with open(tmp_path / "main_job" / "pml_triplet_semihard" / "configs" / "config_models.yaml") as f:
+        text = f.read()
+    assert "GlyphPoolCNN" in text and "GlyphCNN:" not in text
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--trunk", "resnet"], r"unknown trunk 'resnet'; give one of glyph_cnn, glyph_pool_cnn"),
+    (["--dataset", "digits", "--trunk", "glyph_cnn"], "not for digits"),
+    (["--experiment_name", "x", "--trunk", "glyph_cnn"], "--config_models NAME"),
+])
+def test_trunk_option_refuses_unknown_names_and_other_runs_before_writing(tmp_path, capsys, argv, match):
+    import re
+
+    from pml_ext.__main__ import main
+
+    assert main(["run", "--root_experiment_folder", str(tmp_path), *argv]) == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []

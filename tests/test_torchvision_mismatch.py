@@ -45,7 +45,7 @@ CHILD = textwrap.dedent("""
     handler.emit = lambda record: records.append((record.levelname, record.getMessage()))
     logging.getLogger("pml_ext").addHandler(handler)
 
-    from pml_ext.runner.config_error import ConfigError
+    from pml_ext.runner.config.config_error import ConfigError
     from pml_ext.runner.objects.registry import Registry
     from pml_ext.runner.objects.vision import import_torchvision
 

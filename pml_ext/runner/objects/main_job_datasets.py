@@ -8,10 +8,12 @@ with its own defaults (a different, twice as large benchmark).
 from __future__ import annotations
 
 import difflib
+import os
 
 from ..config.config_error import ConfigError
+from ..config.config_reader import BUNDLED_CONFIG_FOLDER
 
-__all__ = ["MAIN_JOB_DATASETS", "NO_BENCHMARK", "choose_dataset"]
+__all__ = ["MAIN_JOB_DATASETS", "NO_BENCHMARK", "choose_dataset", "glyph_trunks", "choose_trunk"]
 
 # The bundled config files each main-job benchmark selects, and how the table names it.
 MAIN_JOB_DATASETS = {
@@ -55,3 +57,26 @@ def choose_dataset(name: str, registry, with_experiment_name: bool) -> tuple[str
                       + f"; give a bundled benchmark ({', '.join(MAIN_JOB_DATASETS)}, or {NO_BENCHMARK}: the "
                         f"defaults of your --root_config_folder), case-insensitive, or a dataset class "
                         f"({', '.join(classes)}; pml_ext.register adds your own)")
+
+
+def glyph_trunks() -> list[str]:
+    """The bundled glyph trunks: the ``config_models/glyph_*.yaml`` files, by name."""
+    folder = os.path.join(BUNDLED_CONFIG_FOLDER, "config_models")
+    return sorted(f[:-5] for f in os.listdir(folder) if f.startswith("glyph_") and f.endswith(".yaml"))
+
+
+def choose_trunk(name: str, benchmark: str | None) -> str:
+    """``--trunk name`` -> the bundled ``config_models`` file the glyph main job then uses.
+
+    Case-insensitive; raises ``ConfigError`` naming the choices for an unknown name, and for a
+    main job on another benchmark (the glyph trunks take 32x32 images).
+    """
+    if benchmark != "glyphs":
+        raise ConfigError("command line", "--trunk", f"selects a glyph trunk for the glyph main job, not for "
+                          f"{benchmark or 'a dataset class'}; a single experiment selects its model file "
+                          f"with --config_models NAME")
+    trunks = glyph_trunks()
+    if name.lower() not in trunks:
+        raise ConfigError("command line", "--trunk", f"unknown trunk {name!r}; give one of {', '.join(trunks)} "
+                          f"(pml_ext/configs/config_models; benchmarks/RESULTS.md, \"Glyph trunks\", compares them)")
+    return name.lower()

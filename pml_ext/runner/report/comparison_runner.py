@@ -56,14 +56,16 @@ class ComparisonRunner:
     def __init__(self, root_experiment_folder: str = "experiments", methods_folder: str | None = None,
                  methods: Iterable[str] | None = None, overrides: Mapping | Iterable | None = None,
                  root_config_folder: str | None = None, registry: Registry | None = None,
-                 dataset: str | None = "glyphs"):
+                 dataset: str | None = "glyphs", trunk: str | None = None):
         if dataset is not None and dataset not in MAIN_JOB_DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(MAIN_JOB_DATASETS)}, got {dataset!r}")
         if dataset is not None and root_config_folder is not None and MAIN_JOB_DATASETS[dataset][0]:
             raise ValueError("dataset: the main job's data sets select bundled config files; with your own "
                              "root_config_folder, pass dataset=None (the command line: --dataset none)")
         self.dataset = dataset
-        self.config_names = MAIN_JOB_DATASETS[dataset][0] if dataset else {}
+        self.config_names = dict(MAIN_JOB_DATASETS[dataset][0]) if dataset else {}
+        if trunk is not None:  # a bundled config_models file (main_job_datasets.choose_trunk checks the name)
+            self.config_names["config_models"] = [trunk]
         self.title = MAIN_JOB_DATASETS[dataset][1] if dataset else "your config folder's data set"
         self.folders = MainJobFolders(root_experiment_folder)
         self.folder = self.folders.link  # this run's own folder once it runs
