@@ -7,8 +7,9 @@ from pytorch_metric_learning.testers import GlobalEmbeddingSpaceTester
 from pytorch_metric_learning.trainers import MetricLossOnly
 from pytorch_metric_learning.utils.logging_presets import HookContainer
 
-from pml_ext.runner.run.pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream,
-                                          stop_model_saving, trunk_output_only, wrap_accuracy_calculation)
+from pml_ext.runner.run.pml_internals import (keep_with_models, name_reference_splits, plain_models,
+                                              restart_epoch_stream, stop_model_saving, train_with,
+                                              trunk_output_only, wrap_accuracy_calculation)
 
 
 class Saveable:
@@ -64,3 +65,19 @@ def test_tester_writes_reach_pml_tester_attributes_and_trunk_output_is_off_after
             assert tester.use_trunk_output is True
             raise RuntimeError("boom")
     assert tester.use_trunk_output is False
+
+
+def test_the_trained_modules_are_what_pml_calls_and_the_plain_ones_come_back_after_an_error():
+    trainer = pml_trainer()
+    plain = dict(trainer.models)
+    doubled = {"trunk": torch.nn.Sequential(plain["trunk"], torch.nn.Identity()), "embedder": plain["embedder"]}
+    train_with(trainer, doubled, {"metric_loss": torch.nn.Identity()})
+    assert trainer.models is doubled
+    # PML's own embedding path (get_trunk_output) calls the modules set here.
+    x = torch.ones(2, 1)
+    assert torch.equal(trainer.get_trunk_output(x), doubled["trunk"](x))
+    with pytest.raises(RuntimeError, match="inside"):
+        with plain_models(trainer, plain):
+            assert trainer.models is plain
+            raise RuntimeError("inside")
+    assert trainer.models is doubled

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-__all__ = ["keep_with_models", "name_reference_splits", "restart_epoch_stream", "stop_model_saving",
+__all__ = ["train_with", "plain_models", "keep_with_models", "name_reference_splits", "restart_epoch_stream", "stop_model_saving",
            "trunk_output_only", "wrap_accuracy_calculation"]
 
 
@@ -66,3 +66,24 @@ def trunk_output_only(tester: Any, trunk_only: bool) -> Iterator[None]:
         yield
     finally:
         tester.use_trunk_output = False
+
+
+def train_with(trainer: Any, models: dict, loss_funcs: dict) -> None:
+    """``trainer.models`` and ``trainer.loss_funcs``: the modules PML's training step calls.
+
+    Under DDP they are the ``DistributedDataParallel`` wrappers (built after the trainer, once
+    a checkpoint was loaded, because DDP broadcasts rank 0's weights at construction); the
+    wrappers hold the same Parameter objects, so the optimizers stay valid.
+    """
+    trainer.models, trainer.loss_funcs = models, loss_funcs
+
+
+@contextlib.contextmanager
+def plain_models(trainer: Any, plain: dict) -> Iterator[None]:
+    """``trainer.models`` are the unwrapped modules inside the block: PML's tester and model
+    saving must see the plain modules (state-dict keys without DDP's ``module.`` prefix)."""
+    wrapped, trainer.models = trainer.models, plain
+    try:
+        yield
+    finally:
+        trainer.models = wrapped

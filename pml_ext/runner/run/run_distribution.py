@@ -11,17 +11,17 @@ so every rank evaluates and saves the same model. A trunk with frozen BatchNorm
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from ...samplers.distributed_shard_sampler import DistributedShardSampler
 from ...samplers.epoch_sampler import EpochSampler
 from ...samplers.whole_batches import WholeBatches
+from .pml_internals import train_with
 
-__all__ = ["distribute", "distributed_loss", "wrap_models_for_ddp", "plain_models", "embed_training_set"]
+__all__ = ["distribute", "distributed_loss", "wrap_models_for_ddp", "embed_training_set"]
 
 LOGGER = logging.getLogger("pml_ext.runner")
 
@@ -106,7 +106,7 @@ def wrap_models_for_ddp(trainer, device: torch.device) -> dict[str, torch.nn.Mod
 
     DDP broadcasts rank 0's parameters and buffers at construction, so call it after any
     checkpoint was loaded. Returns the plain models (for testers, checkpoints and the
-    training-set embedding, see :func:`plain_models`).
+    training-set embedding, see :func:`.pml_internals.plain_models`).
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -118,21 +118,11 @@ def wrap_models_for_ddp(trainer, device: torch.device) -> dict[str, torch.nn.Mod
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return DDP(module, device_ids=ids)
 
-    trainer.models = {k: wrap(m) if _trainable(m) else m for k, m in plain.items()}
-    trainer.loss_funcs = {k: wrap(m) if _trainable(m) else m for k, m in trainer.loss_funcs.items()}
+    train_with(trainer, {k: wrap(m) if _trainable(m) else m for k, m in plain.items()},
+               {k: wrap(m) if _trainable(m) else m for k, m in trainer.loss_funcs.items()})
     LOGGER.info("distributed: %s under DistributedDataParallel",
                 ", ".join(k for k, m in trainer.models.items() if m is not plain[k]) or "no model")
     return plain
-
-
-@contextlib.contextmanager
-def plain_models(trainer, plain: dict[str, torch.nn.Module]) -> Iterator[None]:
-    """``trainer.models`` are the unwrapped modules inside the block (PML's tester and model saving)."""
-    wrapped, trainer.models = trainer.models, plain
-    try:
-        yield
-    finally:
-        trainer.models = wrapped
 
 
 def embed_training_set(models, dataset, labels: torch.Tensor, device, getter, rank: int, world_size: int,

@@ -22,11 +22,11 @@ from ..state.run_records import batch_getter, recordable_statistics, settings_hi
 from ..state.run_state import RngStates, seed_epoch, stateful_objects
 from .epoch_updater import EpochUpdater, unwrap
 from .evaluate_only import evaluate_saved_models
-from .pml_internals import (keep_with_models, name_reference_splits, restart_epoch_stream, stop_model_saving,
-                            wrap_accuracy_calculation)
+from .pml_internals import (keep_with_models, name_reference_splits, plain_models, restart_epoch_stream,
+                            stop_model_saving, wrap_accuracy_calculation)
 from .rank_wait import RankZeroWait
 from .run_context import RunContext
-from .run_distribution import distribute, embed_training_set, plain_models, wrap_models_for_ddp
+from .run_distribution import distribute, embed_training_set, wrap_models_for_ddp
 from .run_hooks import build_hooks, check_untrained_accuracy
 from .run_output import EpochProgress, log_native_output
 
