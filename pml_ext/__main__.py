@@ -6,8 +6,9 @@
                 [--evaluate [best|latest]]                  # test saved models, no training
                 [--bayes_opt_iters N [--reproductions M]]  # Bayesian search over ~BAYESIAN~ ranges
                 [--methods KEY]                             # start from a main-job method file's config
-    pml-ext run [--dataset glyphs|digits|CLASS] [--methods NAME ...] [--verbose] [--key <yaml> ...]
-                [--trunk glyph_cnn|glyph_pool_cnn]           # the main job (no experiment name)
+    pml-ext run [--dataset glyphs|quick|digits|CLASS] [--methods NAME ...] [--verbose] [--key <yaml> ...]
+                [--trunk glyph_cnn|glyph_pool_cnn|glyph_pool_cnn_small]  # the main job (no experiment name)
+    pml-ext run --quick                                      # the main job on 400 characters (about 30 s)
     pml-ext run --help                                       # this text
 
 By default the console shows progress, warnings and the final table (everything is in each
@@ -44,7 +45,7 @@ OPTIONS = {"experiment_name", "root_config_folder", "root_experiment_folder", "d
 # a YAML mapping is PB's override of the config key ``dataset`` (``--dataset {CUB200: {...}}``).
 _DATASET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 LIST_OPTIONS = {"register_module", "methods"}
-FLAGS = {"verbose"}
+FLAGS = {"verbose", "quick"}
 INT_OPTIONS = {"bayes_opt_iters", "reproductions"}
 # PB flags this runner does not have, and why (docs/runner.md)
 UNSUPPORTED_OPTIONS = {
@@ -194,9 +195,15 @@ def run(argv: Sequence[str]) -> int:
 def _choose_dataset(options: dict, overrides: list) -> str | None:
     """The main-job benchmark ``--dataset`` names (its placeholder override removed), else ``None``
     (no ``--dataset``, or a dataset class, which stays an override of the config key)."""
+    from .runner.config.config_error import ConfigError
     from .runner.objects.main_job_datasets import choose_dataset
     from .runner.objects.registry import default_registry
 
+    if options.get("quick"):  # --quick is --dataset quick
+        if "dataset" in options or "experiment_name" in options:
+            raise ConfigError("command line", "--quick", "is the main job on the quick glyph benchmark; it takes "
+                              "no --dataset and no --experiment_name")
+        return "quick"
     if "dataset" not in options:
         return None
     benchmark, _ = choose_dataset(options["dataset"], default_registry, "experiment_name" in options)

@@ -270,3 +270,30 @@ def test_trunk_option_refuses_unknown_names_and_other_runs_before_writing(tmp_pa
     assert main(["run", "--root_experiment_folder", str(tmp_path), *argv]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quick_run_selects_its_bundled_files_and_runs_end_to_end(shared_cache, tmp_path, capsys):
+    from pml_ext.__main__ import main
+    from pml_ext.runner.report.comparison_runner import ComparisonRunner
+
+    files = ComparisonRunner(root_experiment_folder=str(tmp_path), dataset="quick").config_names
+    assert files["config_models"] == ["glyph_pool_cnn_small"] and files["config_dataset"] == ["glyphs", "glyphs_quick"]
+    argv = ["run", "--quick", "--root_experiment_folder", str(tmp_path), "--methods", "pml_triplet_semihard",
+            "--num_epochs_train", "1", "--save_interval", "1", "--check_untrained_accuracy", "false",
+            "--trainer~APPLY~2", "{iterations_per_epoch: 1, batch_size: 32}",
+            "--dataset~APPLY~2", f"{{characters: '{SMALL}', cache_dir: '{shared_cache}', samples_per_font: 2}}"]
+    assert main(argv) == 0
+    assert "Main job: glyphs, quick" in capsys.readouterr().out
+    configs = tmp_path / "main_job" / "pml_triplet_semihard" / "configs"
+    models = (configs / "config_models.yaml").read_text()
+    assert "GlyphPoolCNN" in models and "16" in models
+    assert "max_classes: 400" in (configs / "config_dataset.yaml").read_text()
+
+
+@pytest.mark.parametrize("extra", [["--dataset", "digits"], ["--experiment_name", "x"]])
+def test_quick_refuses_another_dataset_or_an_experiment_before_writing(tmp_path, capsys, extra):
+    from pml_ext.__main__ import main
+
+    assert main(["run", "--quick", "--root_experiment_folder", str(tmp_path), *extra]) == 2
+    assert "--quick" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -46,7 +46,7 @@ def test_a_bad_dataset_after_a_finished_main_job_changes_no_file(finished, capsy
     assert main_job(finished, "--dataset", "nosuch", *TINY) == 2
     assert snapshot(finished) == before  # not a byte of any file, and no new file
     err = capsys.readouterr().err
-    assert "--dataset: unknown data set 'nosuch'" in err and "(glyphs, digits, or none" in err and "CUB200" in err
+    assert "--dataset: unknown data set 'nosuch'" in err and "(glyphs, quick, digits, or none" in err and "CUB200" in err
 
 
 def test_a_main_job_that_fails_while_running_keeps_the_last_finished_run(finished, capsys):

@@ -20,8 +20,12 @@ MAIN_JOB_DATASETS = {
     "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"],
                 "config_loss_and_miners": ["default", "glyphs"]},
                "glyphs, class-disjoint: train on one half of the characters, test on the other"),
+    "quick": ({"config_dataset": ["glyphs", "glyphs_quick"], "config_models": ["glyph_pool_cnn_small"],
+               "config_general": ["default", "glyphs", "glyphs_quick"], "config_loss_and_miners": ["default", "glyphs"]},
+              "glyphs, quick: 400 characters, half trained on, half tested, 4 short epochs"),
     "digits": ({}, "digits, train classes 0-4, test classes 5-9"),
 }
+GLYPH_BENCHMARKS = ("glyphs", "quick")  # the ones a --trunk can change
 NO_BENCHMARK = "none"  # the main job on --root_config_folder's own defaults
 
 
@@ -71,7 +75,7 @@ def choose_trunk(name: str, benchmark: str | None) -> str:
     Case-insensitive; raises ``ConfigError`` naming the choices for an unknown name, and for a
     main job on another benchmark (the glyph trunks take 32x32 images).
     """
-    if benchmark != "glyphs":
+    if benchmark not in GLYPH_BENCHMARKS:
         raise ConfigError("command line", "--trunk", f"selects a glyph trunk for the glyph main job, not for "
                           f"{benchmark or 'a dataset class'}; a single experiment selects its model file "
                           f"with --config_models NAME")
