@@ -6,6 +6,7 @@ import socket
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 import pml_ext
@@ -241,7 +242,8 @@ def test_main_job_on_glyphs_end_to_end_with_the_cnn(shared_cache, tmp_path, caps
     folder = tmp_path / "main_job"
     assert (folder / "comparison.png").is_file() and (folder / "comparison.csv").is_file()
     with open(folder / "pml_triplet_semihard" / "configs" / "config_models.yaml") as f:
-        assert "GlyphCNN" in f.read()
+        trunk = yaml.safe_load(f)["models"]["trunk"]
+    assert trunk == {"GlyphPoolCNN": {"channels": [16, 32, 64, 64], "pools": [True, True, True, False]}}
 
 
 def test_main_job_trunk_option_selects_a_bundled_glyph_trunk(shared_cache, tmp_path, capsys):

@@ -110,7 +110,7 @@ def test_dataset_classes_unknown_names_and_benchmarks_with_an_experiment(tmp_pat
     assert main_job(tmp_path, "--experiment_name", "x", "--dataset", "DIGITS", *TINY) == 2
     assert "'DIGITS' names the main job's bundled benchmark digits" in capsys.readouterr().err
     assert main_job(tmp_path, "--experiment_name", "x", "--dataset", "Glyphs", *TINY) == 2
-    assert "--config_dataset glyphs --config_models glyph_cnn" in capsys.readouterr().err
+    assert "--config_dataset glyphs --config_models glyph_pool_cnn_small" in capsys.readouterr().err
     assert not (tmp_path / "x" / "configs").exists()
 
 

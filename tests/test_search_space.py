@@ -78,3 +78,23 @@ def test_bad_ranges_name_the_key(key, bounds, message):
     bad = config({"loss_funcs": {"metric_loss": {"TripletMarginLoss": {key: bounds}}}})
     with pytest.raises(ConfigError, match=rf"{key.replace('~', '.')}.*{message}"):
         search_space(bad)
+
+
+def test_a_choice_searches_only_its_values_and_substitutes_them_unchanged():
+    base = config({"sampler": {"MPerClassSampler": {"m~CHOICE~": [2, 4, 8]}}})
+    (m,) = search_space(base)
+    assert (m.name, m.flag, m.choices, m.low) == ("MPerClassSampler.m", "CHOICE", (2, 4, 8), 2)
+    assert m.distribution() == optuna.distributions.CategoricalDistribution((2, 4, 8))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = {study.ask({m.name: m.distribution()}).params[m.name] for _ in range(60)}
+    assert draws == {2, 4, 8}  # each value missed in 60 draws with p = (2/3)^60
+    out = substitute(base, [m], {m.name: 4})
+    assert out.categories == {"sampler": {"MPerClassSampler": {"m": 4}}}
+    assert type(out.categories["sampler"]["MPerClassSampler"]["m"]) is int
+
+
+@pytest.mark.parametrize("choices", [[4], [2, 2], [2, "x"], 3, [True, False]])
+def test_bad_choices_name_the_key(choices):
+    bad = config({"sampler": {"MPerClassSampler": {"m~CHOICE~": choices}}})
+    with pytest.raises(ConfigError, match=r"m.CHOICE.*two or more distinct numbers"):
+        search_space(bad)

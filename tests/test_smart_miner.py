@@ -125,6 +125,26 @@ def test_fraction_active_hand_computed_in_batch_layout():
     assert isinstance(miner.fraction_active, float)
 
 
+def test_epoch_fraction_active_is_measured_on_the_update_embeddings_not_the_current_ones():
+    emb, labels = batch(num=90, dim=4, num_classes=3, seed=12, dtype=torch.float32)
+    miner = SmartMiner(batch_layout=True, kappa=2.0, margin=0.2, k=16, index_method="exact",
+                       distance=LpDistance(normalize_embeddings=False))
+    a, p, n = miner.update(emb, labels)
+    # brute force from the formula: d(a,n) < d(a,p) + margin, Euclidean, on the update's embeddings
+    active = [float(torch.dist(emb[i], emb[k]) < torch.dist(emb[i], emb[j]) + 0.2)
+              for i, j, k in zip(a.tolist(), p.tolist(), n.tolist())]
+    assert len(active) > 10 and 0 < sum(active) < len(active)
+    stale = sum(active) / len(active)
+    assert miner.epoch_fraction_active == pytest.approx(stale)
+    # a batch of five of those triplets after the network moved every negative far away
+    rows = torch.stack([a[:5], p[:5], n[:5]], dim=1).reshape(-1)
+    moved = emb[rows].clone()
+    moved[2::3] += 100.0
+    miner(moved, labels[rows])
+    assert miner.fraction_active == 0.0 and miner.epoch_fraction_active == pytest.approx(stale)
+    assert "epoch_fraction_active" in miner._record_these
+
+
 def test_batch_layout_rejects_batches_the_sampler_did_not_build():
     miner = SmartMiner(batch_layout=True)
     with pytest.raises(ValueError, match="multiple of 3"):

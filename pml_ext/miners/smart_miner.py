@@ -59,7 +59,9 @@ class SmartMiner(CheckedMiner):
         ``fraction_active``: the paper's training error e, the fraction of the returned
         triplets whose **ratio triplet loss** ``max(0, 1 - d(a,n) / (d(a,p) + margin))``
         is non-zero, i.e. ``d(a,n) < d(a,p) + margin`` with Euclidean ``d`` (0.0 if
-        there are none);
+        there are none), on the current network's embeddings of the batch;
+        ``epoch_fraction_active``: the same fraction over the last ``update``'s triplets, on
+        the (stale) embeddings they were mined from;
         ``ann_recall``, ``ann_relative_distance_error``, ``ann_incremental``: the last
         ``update``'s sampled quality of its neighbour lists and whether they were refreshed
         (``pml_ext.index.epoch_knn.EpochKnn``);
@@ -115,7 +117,8 @@ class SmartMiner(CheckedMiner):
         self._counts = dict.fromkeys(("num_mined", "num_random", "num_outside_positive", "num_dropped"), 0.0)
         self._epoch_counts = dict(self._counts)
         self._set_counts(self._counts)
-        self.add_to_recordable_attributes(list_of_names=["kappa", "margin", "k", "fraction_active", "ann_recall",
+        self.add_to_recordable_attributes(list_of_names=["kappa", "margin", "k", "fraction_active",
+                                                         "epoch_fraction_active", "ann_recall",
                                                          "ann_relative_distance_error", "ann_incremental"],
                                           is_stat=False)
         self.add_to_recordable_attributes(list_of_names=list(self._counts), is_stat=True)

@@ -33,7 +33,7 @@ from .config_error import ConfigError
 __all__ = ["OPTION_WORD", "merge_configs", "split_flag", "strip_flags"]
 
 _FLAG = re.compile(r"^(?P<name>.*?)~(?P<flag>[A-Z_]+)~(?P<arg>\d*)$")
-_SEARCH_FLAGS = {"BAYESIAN", "LOG_BAYESIAN", "INT_BAYESIAN"}
+_SEARCH_FLAGS = {"BAYESIAN", "LOG_BAYESIAN", "INT_BAYESIAN", "CHOICE"}
 _NO_ARG_FLAGS = {"OVERRIDE", "DELETE"}
 _DEPTH_FLAGS = {"APPLY", "SWAP"}
 # A command-line word that starts a key (``--trainer~APPLY~2``); the words after it are its

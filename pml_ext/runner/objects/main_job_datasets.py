@@ -17,7 +17,7 @@ __all__ = ["MAIN_JOB_DATASETS", "NO_BENCHMARK", "choose_dataset", "glyph_trunks"
 
 # The bundled config files each main-job benchmark selects, and how the table names it.
 MAIN_JOB_DATASETS = {
-    "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_cnn"], "config_general": ["default", "glyphs"],
+    "glyphs": ({"config_dataset": ["glyphs"], "config_models": ["glyph_pool_cnn_small"], "config_general": ["default", "glyphs"],
                 "config_loss_and_miners": ["default", "glyphs"]},
                "glyphs, class-disjoint: train on one half of the characters, test on the other"),
     "quick": ({"config_dataset": ["glyphs", "glyphs_quick"], "config_models": ["glyph_pool_cnn_small"],

@@ -135,7 +135,7 @@ class BayesianSearch:
         space = search_space(base)
         if not space:
             raise ConfigError(self.folder, "", "--bayes_opt_iters needs at least one ~BAYESIAN~ / ~LOG_BAYESIAN~ / "
-                                               "~INT_BAYESIAN~ range in the config")
+                                               "~INT_BAYESIAN~ range or ~CHOICE~ list in the config")
         self.check_selects_on_validation(base, space)
         if self.resume_training:
             return self._search(base, space)

@@ -6,6 +6,8 @@ file)::
     name: "PML baseline: TripletMarginLoss + semi-hard TripletMarginMiner"
     order: 10                 # table order
     requires: []              # pml_ext names that must import, else the method is skipped
+    main_job: false           # optional: run only when named (--methods KEY); default true
+    search: {...}             # optional: the ranges its tuning searched (benchmarks/bench_tuning.py)
     config:                   # merged onto the bundled defaults like --key <yaml> overrides
       loss_funcs~OVERRIDE~: {metric_loss: {TripletMarginLoss: {margin: 0.2}}}
 
@@ -78,7 +80,9 @@ class ComparisonRunner:
         self.rank = 0
 
     def methods(self) -> list[dict]:
-        """Every method file as ``{"key", "name", "order", "requires", "config", "missing"}``."""
+        """The method files as ``{"key", "name", "order", "requires", "config", "missing"}``: those
+        named in ``methods``, else every file without ``main_job: false`` (the extra references,
+        such as PML's contrastive loss, run when named)."""
         import pml_ext
 
         out = []
@@ -93,15 +97,22 @@ class ComparisonRunner:
             if not isinstance(spec["config"], dict):
                 raise ConfigError(path, "config", "must be a mapping of --key overrides")
             requires = list(spec.get("requires") or [])
+            if not isinstance(spec.get("search") or {}, dict):
+                raise ConfigError(path, "search", "must be a mapping of --key overrides holding search ranges")
+            if not isinstance(spec.get("main_job", True), bool):
+                raise ConfigError(path, "main_job", f"must be true or false, got {spec['main_job']!r}")
             out.append({"key": filename[:-5], "name": str(spec["name"]), "order": spec.get("order", 100),
                         "requires": requires, "config": spec["config"], "path": path,
-                        "missing": [r for r in requires if not hasattr(pml_ext, r)]})
+                        "missing": [r for r in requires if not hasattr(pml_ext, r)],
+                        "main_job": spec.get("main_job", True), "search": spec.get("search") or {}})
         if self.only is not None:
             unknown = sorted(set(self.only) - {m["key"] for m in out})
             if unknown:
                 raise ValueError(f"methods: unknown method {unknown[0]!r}; the methods are "
                                  f"{', '.join(m['key'] for m in out)}")
             out = [m for m in out if m["key"] in self.only]
+        else:
+            out = [m for m in out if m["main_job"]]
         return sorted(out, key=lambda m: (m["order"], m["key"]))
 
     def check(self, methods: list[dict]) -> None:
