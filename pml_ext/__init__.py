@@ -22,6 +22,8 @@ _EXPORTS = {
     "GlobalLoss": "losses.global_loss",
     "RatioTripletLoss": "losses.ratio_triplet_loss",
     "EmbeddingIndex": "index.embedding_index",
+    "EmbeddingBank": "index.embedding_bank",
+    "BankWriter": "hooks.bank_writer",
     "smart_triplets": "miners.smart_triplets",
     "SmartMiner": "miners.smart_miner",
     "IsometricHardMiner": "miners.isometric_hard_miner",

@@ -22,6 +22,7 @@ __all__ = [
     "rank_and_world_size",
     "all_gather_uneven",
     "gather_training_set",
+    "first_copies",
     "mean_across_ranks",
     "broadcast_object",
     "init_from_env",
@@ -79,18 +80,25 @@ def gather_training_set(embeddings: torch.Tensor, labels: torch.Tensor,
     all_labels = all_gather_uneven(labels)
     all_idx = all_gather_uneven(dataset_indices.long())
     num_samples = int(all_idx.max()) + 1 if all_idx.numel() else 0
-    # Keep the first occurrence of every dataset index: a stable sort puts copies in rank order.
-    order = torch.sort(all_idx, stable=True).indices
-    sorted_idx = all_idx[order]
-    first = torch.ones_like(sorted_idx, dtype=torch.bool)
-    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
-    keep = order[first]
+    keep = first_copies(all_idx)
     if keep.numel() != num_samples:
         raise ValueError(
             f"dataset_indices gathered from all ranks cover {keep.numel()} of {num_samples} samples: "
             "every sample of the training set must be embedded by some rank"
         )
     return all_emb[keep], all_labels[keep]
+
+
+def first_copies(dataset_indices: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of every distinct value of ``dataset_indices: LongTensor[M]``,
+    in ascending order of the values: ``LongTensor[U]``. Rows gathered from the ranks come in rank
+    order, so the first copy is the lowest rank's."""
+    # A stable sort keeps the copies of a value in their original order.
+    order = torch.sort(dataset_indices, stable=True).indices
+    sorted_idx = dataset_indices[order]
+    first = torch.ones_like(sorted_idx, dtype=torch.bool)
+    first[1:] = sorted_idx[1:] != sorted_idx[:-1]
+    return order[first]
 
 
 def mean_across_ranks(value: float) -> float:
