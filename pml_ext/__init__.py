@@ -18,6 +18,7 @@ _EXPORTS = {
     "DistributedShardSampler": "samplers.distributed_shard_sampler",
     "HardNeighborSampler": "samplers.hard_neighbor_sampler",
     "SmartBatchSampler": "samplers.smart_batch_sampler",
+    "ClassHardBatchSampler": "samplers.class_hard_batch_sampler",
     "LiftedStructureLoss": "losses.lifted_structure_loss",
     "GlobalLoss": "losses.global_loss",
     "RatioTripletLoss": "losses.ratio_triplet_loss",

@@ -1,0 +1,211 @@
+"""ClassHardBatchSampler: batch shape, seeding, resume, rank slices, near classes, bad parameters."""
+import math
+
+import pytest
+import torch
+
+from pml_ext import AdaptiveController, ClassHardBatchSampler, EmbeddingBank
+
+NUM_CLASSES, PER_CLASS = 12, 6
+
+
+def circle_data():
+    """Class k's samples all lie at angle 2*pi*k/12 on the unit circle: class k's nearest
+    centres are k-1 and k+1 (mod 12), then k-2 and k+2, ..."""
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(PER_CLASS)
+    angle = 2 * math.pi * labels.float() / NUM_CLASSES
+    # Scaled rows: the centres come from normalised embeddings, so the scale must not matter.
+    scale = 1 + torch.arange(labels.numel()).float() % 3
+    return torch.stack([angle.cos(), angle.sin()], dim=1) * scale.unsqueeze(1), labels
+
+
+def ring_gap(a, b):
+    """How many steps apart classes a and b are on the circle (0..6)."""
+    d = (a - b) % NUM_CLASSES
+    return torch.minimum(d, NUM_CLASSES - d)
+
+
+def sampler(labels, **kwargs):
+    args = {"batch_size": 12, "classes_per_batch": 4, "samples_per_class": 3, "seed": 5,
+            "rank": 0, "world_size": 1, **kwargs}
+    return ClassHardBatchSampler(labels, **args)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"classes_per_seed": 2}, {"classes_per_seed": 1},
+                                    {"replacement": True, "samples_per_class": 6, "batch_size": 24},
+                                    {"random_share": 0.5, "neighbours": 3}])
+@pytest.mark.parametrize("updated", [False, True])
+def test_every_batch_holds_c_distinct_classes_of_m_samples(kwargs, updated):
+    emb, labels = circle_data()
+    s = sampler(labels, length_before_new_iter=400, **kwargs)
+    if updated:
+        s.update(emb, labels)
+    batches = s.epoch_batches(1)
+    c, m = s.classes_per_batch, s.samples_per_class
+    assert batches.shape == (400 // s.batch_size, c * m)
+    per_class = labels[batches].view(-1, c, m)
+    assert (per_class == per_class[:, :, :1]).all()                       # m rows per class, class-major
+    heads = per_class[:, :, 0]
+    assert all(len(set(row.tolist())) == c for row in heads)              # c distinct classes
+    if not s.replacement:
+        assert all(len(set(row.tolist())) == c * m for row in batches)    # no sample twice
+    assert int(batches.min()) >= 0 and int(batches.max()) < labels.numel()
+
+
+def test_seeds_and_epochs_are_reproducible_and_iter_walks_the_epochs():
+    emb, labels = circle_data()
+    a, b = sampler(labels).update(emb), sampler(labels).update(emb)
+    assert torch.equal(a.epoch_batches(3), b.epoch_batches(3))
+    assert not torch.equal(a.epoch_batches(1), a.epoch_batches(2))
+    assert not torch.equal(a.epoch_batches(1), sampler(labels, seed=6).update(emb).epoch_batches(1))
+    streams = [list(a), list(a)]
+    assert streams[0] == b.epoch_batches(1).flatten().tolist() and streams[1] == b.epoch_batches(2).flatten().tolist()
+    assert a.epoch == 2 and len(a) == len(streams[0])
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    emb, labels = circle_data()
+    gen = torch.Generator().manual_seed(0)
+    drifts = [emb + 0.3 * torch.randn(emb.shape, generator=gen) for _ in range(3)]
+    whole = sampler(labels, random_share=0.25, neighbours=3)
+    for drift in drifts:
+        whole.update(drift)
+        whole_epoch = list(whole)
+    # A checkpoint is written after the end-of-epoch update; the resumed run draws without one.
+    broken = sampler(labels, random_share=0.25, neighbours=3)
+    for drift in drifts[:2]:
+        broken.update(drift)
+        list(broken)
+    broken.update(drifts[2])
+    torch.save(broken.state_dict(), tmp_path / "sampler.pt")
+    resumed = sampler(labels)  # other settings: the state brings them back
+    resumed.load_state_dict(torch.load(tmp_path / "sampler.pt"))
+    assert (resumed.random_share, resumed.neighbours, resumed.num_updates) == (0.25, 3, 3)
+    assert list(resumed) == whole_epoch and resumed.epoch == whole.epoch == 3
+
+
+@pytest.mark.parametrize("drop_uneven", [False, True])
+def test_rank_slices_are_disjoint_whole_batches_whose_union_is_the_single_process_epoch(drop_uneven):
+    emb, labels = circle_data()
+    kwargs = {"random_share": 0.3, "classes_per_seed": 2, "return_batches": True, "drop_uneven": drop_uneven}
+    single = list(sampler(labels, **kwargs).update(emb))
+    assert len(single) == 6
+    ranks = [list(sampler(labels, rank=r, world_size=4, **kwargs).update(emb)) for r in range(4)]
+    kept = len(single) - (len(single) % 4 if drop_uneven else 0)
+    for r, mine in enumerate(ranks):
+        assert mine == single[r:kept:4]
+    union = sorted(b for mine in ranks for b in mine)
+    assert union == sorted(single[:kept]) and len(union) == sum(len(mine) for mine in ranks)
+
+
+def test_near_classes_are_the_hand_placed_nearest_centres():
+    emb, labels = circle_data()
+    s = sampler(labels, neighbours=2).update(emb)
+    near = s.near_classes()
+    k = torch.arange(NUM_CLASSES)
+    assert torch.equal(torch.sort(near, dim=1).values, torch.sort(torch.stack(
+        [(k - 1) % NUM_CLASSES, (k + 1) % NUM_CLASSES], dim=1), dim=1).values)
+    # One seed per group of 3 classes, all near: each group is the seed and its two neighbours.
+    hard = sampler(labels, batch_size=9, classes_per_batch=3, samples_per_class=3, neighbours=2,
+                   length_before_new_iter=900).update(emb)
+    heads = labels[hard.epoch_batches(1)][:, ::3]                          # [nb, 3] classes
+    assert (ring_gap(heads[:, 1:], heads[:, :1]) == 1).all()
+    assert hard.near_share_in_epoch == 1.0
+
+
+def test_near_classes_are_nearer_than_random_ones_and_random_share_mixes_them():
+    emb, labels = circle_data()
+
+    def mean_gap(**kwargs):
+        s = sampler(labels, length_before_new_iter=2400, classes_per_seed=2, neighbours=2, **kwargs).update(emb)
+        heads = labels[s.epoch_batches(1)][:, ::3].view(-1, 2)             # (seed, other) pairs
+        return float(ring_gap(heads[:, 1], heads[:, 0]).float().mean()), s.near_share_in_epoch
+
+    near_gap, near_share = mean_gap(random_share=0.0)
+    random_gap, random_share = mean_gap(random_share=1.0)
+    mixed_gap, mixed_share = mean_gap(random_share=0.5)
+    assert near_gap <= 1.5 and near_share >= 0.95      # every other class 1 or 2 steps away
+    # A uniform class other than the seed is on average 36/11 = 3.27 steps away.
+    assert random_gap == pytest.approx(36 / 11, abs=0.25) and random_share == 0.0
+    assert near_gap < mixed_gap < random_gap and mixed_share == pytest.approx(0.5, abs=0.08)
+
+
+def test_before_any_update_the_classes_are_uniform():
+    _, labels = circle_data()
+    s = sampler(labels, length_before_new_iter=12 * 600)
+    heads = labels[s.epoch_batches(1)][:, ::3]
+    counts = torch.bincount(heads.flatten(), minlength=NUM_CLASSES).float()
+    expected = heads.numel() / NUM_CLASSES                                 # 200 per class
+    assert ((counts - expected).abs() < 5 * math.sqrt(expected)).all() and s.near_share_in_epoch == 0.0
+
+
+def test_a_bank_gives_centres_only_to_classes_with_written_rows():
+    emb, labels = circle_data()
+    bank = EmbeddingBank(labels.numel(), 2)
+    written = labels != 4
+    bank.write(written.nonzero().flatten(), emb[written])
+    s = sampler(labels, neighbours=3).update(bank)
+    near = s.near_classes()
+    assert not s.has_centre[4] and (near[4] == -1).all() and not (near == 4).any()
+    # 4 is skipped: 3's nearest are 2, then 1 and 5 (2 steps away); 5's are 6, then 3 and 7.
+    assert near[3, 0] == 2 and set(near[3, 1:].tolist()) == {1, 5}
+    assert near[5, 0] == 6 and set(near[5, 1:].tolist()) == {3, 7}
+    assert torch.allclose(s.centres[3], torch.nn.functional.normalize(emb[labels == 3], dim=1).mean(0))
+
+
+def test_an_adaptive_controller_steers_the_hardness_between_epochs():
+    emb, labels = circle_data()
+    s = sampler(labels, random_share=0.5, neighbours=4).update(emb)
+    error = {"value": 0.9}
+    share = AdaptiveController(s, "random_share", target=0.2, measure=lambda: error["value"], start_epoch=1,
+                               direction="decreasing")
+    size = AdaptiveController(s, "neighbours", target=0.2, measure=lambda: error["value"], start_epoch=1,
+                              direction="decreasing")
+    for _ in range(3):
+        share.observe(), size.observe()
+        share.step(), size.step()
+    assert 0.5 < s.random_share <= 1.0 and isinstance(s.neighbours, int) and s.neighbours > 4
+    assert s.epoch_batches(1).shape == (6, 12)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"batch_size": 10}, ValueError, r"classes_per_batch \* samples_per_class must equal batch_size"),
+    ({"samples_per_class": 7, "batch_size": 28}, ValueError, "samples_per_class=7 exceeds the smallest"),
+    ({"classes_per_batch": 13, "batch_size": 39}, ValueError, "classes_per_batch must be <= 12"),
+    ({"classes_per_seed": 3}, ValueError, "classes_per_seed=3 must divide"),
+    ({"random_share": 1.5}, ValueError, "random_share must be in"),
+    ({"random_share": -0.1}, ValueError, "random_share must be in"),
+    ({"random_share": "0.5"}, TypeError, "random_share must be a number"),
+    ({"neighbours": 0}, ValueError, "neighbours must be >= 1"),
+    ({"neighbours": 2.5}, TypeError, "neighbours must be an int"),
+    ({"length_before_new_iter": 5}, ValueError, "length_before_new_iter"),
+])
+def test_bad_parameters_are_refused_naming_the_argument(kwargs, error, match):
+    _, labels = circle_data()
+    with pytest.raises(error, match=match):
+        sampler(labels, **kwargs)
+
+
+def test_bad_settings_updates_and_states_are_refused():
+    emb, labels = circle_data()
+    s = sampler(labels)
+    with pytest.raises(ValueError, match="random_share"):
+        s.random_share = 2.0
+    with pytest.raises(ValueError, match="neighbours"):
+        s.neighbours = -1
+    assert (s.random_share, s.neighbours) == (0.0, 8)
+    with pytest.raises(ValueError, match="embeddings has 71 rows"):
+        s.update(emb[:71])
+    with pytest.raises(ValueError, match="labels must be the labels"):
+        s.update(emb, labels.flip(0))
+    with pytest.raises(TypeError, match="embeddings must be"):
+        s.update(emb.numpy())
+    state = s.update(emb).state_dict()
+    with pytest.raises(ValueError, match=r"state\['centres'\] must be a Tensor\[12, d\]"):
+        s.load_state_dict({**state, "centres": torch.zeros(11, 2)})
+    with pytest.raises(ValueError, match=r"state\['version'\]"):
+        s.load_state_dict({**state, "version": 9})
+    fresh = sampler(labels)
+    with pytest.raises(ValueError, match=r"state\['random_share'\] must be in"):
+        fresh.load_state_dict({**state, "random_share": 3.0, "epoch": 4, "next_epoch": 5})
+    assert fresh.next_epoch == 1 and fresh.centres is None  # nothing changed
