@@ -6,7 +6,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.trainers import MetricLossOnly
 
 from dist_utils import run_world
-from pml_ext import BankWriter, EmbeddingBank
+from pml_ext import BankWriter, EmbeddingBank, compute_embeddings
 
 NUM, DIM = 40, 3
 
@@ -63,6 +63,10 @@ def test_bank_rows_are_the_embeddings_of_the_training_pass_that_wrote_them():
     with torch.no_grad():
         now = trunk(x)
     assert not torch.allclose(now[bank.filled], bank.embeddings[bank.filled], atol=1e-4)
+    # Other embedding passes (a tester's, the epoch refresh's) do not write.
+    before = bank.state_dict()
+    compute_embeddings(trunk, torch.utils.data.TensorDataset(x, torch.zeros(NUM, dtype=torch.long)), 16)
+    assert bank.num_writes == before["num_writes"] and torch.equal(bank.embeddings, before["embeddings"])
 
 
 def test_write_keeps_the_last_copy_and_checks_its_arguments():
@@ -71,6 +75,8 @@ def test_write_keeps_the_last_copy_and_checks_its_arguments():
     assert bank.filled.tolist() == [False, True, False, True, False]
     assert bank.embeddings[3].tolist() == [3, 3] and bank.embeddings[1].tolist() == [2, 2]
     assert bank.written_epoch.tolist() == [0, 4, 0, 4, 0] and bank.written_step.tolist() == [-1, 0, -1, 0, -1]
+    bank.write(torch.zeros(0, dtype=torch.long), torch.zeros(0, 2))  # an empty batch writes nothing
+    assert bank.filled.sum() == 2 and bank.num_writes == 2
     with pytest.raises(ValueError, match="dataset_indices"):
         bank.write(torch.tensor([5]), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="embeddings must have shape"):
