@@ -6,7 +6,7 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.trainers import MetricLossOnly
 
 from dist_utils import run_world
-from pml_ext import BankWriter, EmbeddingBank, compute_embeddings
+from pml_ext import BankWriter, ClassHardBatchSampler, EmbeddingBank, compute_embeddings
 
 NUM, DIM = 40, 3
 
@@ -119,23 +119,48 @@ def fill(bank, rank, world_size):
             bank.write(idx, rows_of(idx, epoch), epoch=epoch)
 
 
+def trainer_bank(rank, world_size):
+    """Two epochs of a frozen MetricLossOnly trainer on this rank's batches of a ClassHardBatchSampler
+    (5 batches of 8 per epoch: rank 0 runs 3, rank 1 runs 2)."""
+    torch.manual_seed(0)
+    x, labels = torch.randn(NUM, 6), torch.arange(NUM) % 5
+    trunk = torch.nn.Linear(6, DIM)
+    trainer = MetricLossOnly(
+        models={"trunk": trunk, "embedder": torch.nn.Identity()},
+        optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.0)},
+        batch_size=8, loss_funcs={"metric_loss": ContrastiveLoss()}, mining_funcs={},
+        dataset=torch.utils.data.TensorDataset(x, labels), dataloader_num_workers=0,
+        sampler=ClassHardBatchSampler(labels, 8, 4, 2, length_before_new_iter=NUM, seed=2, rank=rank,
+                                      world_size=world_size))
+    bank = EmbeddingBank(NUM, DIM)
+    BankWriter(bank).attach(trainer)
+    trainer.train(num_epochs=2)
+    return bank
+
+
 def gather_worker(rank, world_size, out_dir):
     bank = EmbeddingBank(ROWS, WIDTH)
     fill(bank, rank, world_size)
-    torch.save({"own": bank.state_dict(), "gathered": bank.gathered().state_dict()}, f"{out_dir}/rank{rank}.pt")
+    trained = trainer_bank(rank, world_size)
+    torch.save({"own": bank.state_dict(), "gathered": bank.gathered().state_dict(),
+                "trainer_writes": trained.num_writes, "trainer": trained.gathered().state_dict()},
+               f"{out_dir}/rank{rank}.pt")
 
 
 def test_gathered_bank_of_two_ranks_is_the_single_process_bank(tmp_path):
+    """Both a hand-made write schedule and two ranks of a real (frozen) trainer, in one world."""
     run_world(gather_worker, str(tmp_path))
     single = EmbeddingBank(ROWS, WIDTH)
     fill(single, 0, 1)
     assert single.filled.sum() == ROWS - 4 and (single.written_epoch == 2).sum() == 11
+    trained = trainer_bank(0, 1)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert not torch.equal(results[0]["own"]["filled"], single.filled)  # each rank alone lacks rows
+    assert [res["trainer_writes"] for res in results] == [6, 4] and trained.num_writes == 10
     for res in results:
-        gathered = res["gathered"]
         for key in ("embeddings", "filled", "written_epoch"):
-            assert torch.equal(gathered[key], getattr(single, key)), key
+            assert torch.equal(res["gathered"][key], getattr(single, key)), key
+            assert torch.equal(res["trainer"][key], getattr(trained, key)), key
 
 
 def test_gathered_without_distribution_is_a_copy():
