@@ -174,3 +174,40 @@ def test_a_run_stopped_and_resumed_ends_with_the_same_bank_and_batches(tmp_path)
         assert records_whole[table] == records_split[table], table
     # The bank the resumed run ended with is the one it saved.
     assert same(resumed.objects[SCHEME]["embedding_bank"].state_dict(), bank)
+
+
+@pytest.mark.slow
+def test_two_ranks_gather_the_bank_of_one_process(tmp_path):
+    """``torchrun --nproc_per_node 2`` against one process, with a frozen model (learning rate 0):
+    every row is then the model's embedding of that sample whichever rank or step wrote it, so
+    the gathered bank must equal the single-process bank, and bank and fresh pass agree."""
+    from test_runner_distributed import torchrun
+
+    sampler = {"ClassHardBatchSampler": {"classes_per_batch": 4, "samples_per_class": 16, "neighbours": 2,
+                                         "length_before_new_iter": 256}}
+    frozen = {name: {"Adam": {"lr": 0.0}} for name in ("trunk_optimizer", "embedder_optimizer")}
+    overrides = [("num_epochs_train", 2), ("mining_funcs~OVERRIDE~", {}), ("save_interval", 1),
+                 ("loss_funcs~OVERRIDE~", {"metric_loss": {"ContrastiveLoss": None}}),
+                 ("trainer~APPLY~2", {"iterations_per_epoch": None}), ("sampler~OVERRIDE~", sampler),
+                 ("optimizers~OVERRIDE~", frozen), ("embedding_bank", {"staleness_sample": 64})]
+    ExperimentRunner("one", root_experiment_folder=str(tmp_path), overrides=QUIET + overrides).run()
+    args = [word for key, value in overrides for word in (f"--{key}", yaml_flow(value))]
+    result = torchrun(tmp_path, "--experiment_name", "two", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (saved(tmp_path / name, 2)["embedding_bank_2.pth"] for name in ("one", "two"))
+    # 4 batches an epoch: batches 0 and 2 on rank 0, 1 and 3 on rank 1; the union is the epoch.
+    assert torch.equal(one["filled"], two["filled"]) and torch.equal(one["written_epoch"], two["written_epoch"])
+    assert 128 < int(two["filled"].sum()) < 676  # more than one rank's rows
+    assert torch.allclose(one["embeddings"], two["embeddings"], atol=1e-5)
+    columns = "written_share, unwritten_rows, fresh_rows"
+    assert query(tmp_path / "one", f"SELECT {columns} FROM embedding_bank") == \
+        query(tmp_path / "two", f"SELECT {columns} FROM embedding_bank")
+    staleness = query(tmp_path / "two", "SELECT staleness_mean_distance, staleness_recall FROM embedding_bank")
+    assert len(staleness) == 2 and all(d < 1e-5 and r > 0.99 for d, r in staleness)
+
+
+def yaml_flow(value):
+    """``value`` as one command-line word of YAML flow style."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10 ** 6).strip()
