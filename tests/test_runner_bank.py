@@ -109,7 +109,8 @@ def test_source_fresh_keeps_the_pass_over_the_training_set_and_measures_the_bank
     assert len(spy_rows) == 1 and torch.equal(spy_rows[0], torch.arange(676))
     final = fresh_embeddings(tmp_path / "fresh", 1, train_split, torch.arange(676))
     assert torch.allclose(sampler.updates[-1][0], final, atol=1e-5)
-    records = query(tmp_path / "fresh", "SELECT fresh_rows, unwritten_rows, staleness_mean_distance FROM embedding_bank")
+    records = query(tmp_path / "fresh",
+                    "SELECT fresh_rows, unwritten_rows, staleness_mean_distance FROM embedding_bank")
     assert records[0][:2] == (676.0, 484.0) and records[0][2] > 0
 
 
@@ -136,8 +137,9 @@ def test_a_trainer_that_embeds_batches_its_own_way_is_refused(tmp_path):
     registry = Registry()
     registry.register("trainer", OwnTrainer)
     overrides = QUIET + [("trainer~OVERRIDE~", {"OwnTrainer": {"batch_size": 64}}), ("embedding_bank", {})]
-    with pytest.raises(ConfigError, match="embedding_bank: needs a trainer that embeds every training batch once "
-                                          r"\(MetricLossOnly, TrainWithClassifier, CascadedEmbeddings\), got OwnTrainer"):
+    expected = "embedding_bank: needs a trainer that embeds every training batch once " \
+               "(MetricLossOnly, TrainWithClassifier, CascadedEmbeddings), got OwnTrainer"
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         ExperimentRunner("own", root_experiment_folder=str(tmp_path), overrides=overrides, registry=registry).run()
 
 

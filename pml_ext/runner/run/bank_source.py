@@ -51,11 +51,11 @@ def check_bank_settings(value: Any, source: str) -> dict | None:
     out = {**BANK_DEFAULTS, **value}
     if out["source"] not in _SOURCES:
         raise ConfigError(source, "embedding_bank.source", f"must be 'bank' or 'fresh', got {out['source']!r}")
-    for key, low, what in (("staleness_sample", 0, "0 (not measured) or an integer >= 2"),
-                           ("staleness_k", 1, "an integer >= 1")):
+    # staleness needs 2 rows (a k-NN graph of the sample); 0 turns it off
+    for key, allowed, what in (("staleness_sample", lambda n: n == 0 or n >= 2, "0 (not measured) or an integer >= 2"),
+                               ("staleness_k", lambda n: n >= 1, "an integer >= 1")):
         number = out[key]
-        if isinstance(number, bool) or not isinstance(number, int) or number < low or (key == "staleness_sample"
-                                                                                        and number == 1):
+        if isinstance(number, bool) or not isinstance(number, int) or not allowed(number):
             raise ConfigError(source, f"embedding_bank.{key}", f"must be {what}, got {number!r}")
     return out
 
@@ -140,10 +140,4 @@ class BankSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.bank.load_state_dict(state)
-        self.gathered = _copy(self.bank)  # every rank loaded the same union
-
-
-def _copy(bank: EmbeddingBank) -> EmbeddingBank:
-    out = EmbeddingBank(bank.num_rows, bank.dim)
-    out.load_state_dict(bank.state_dict())
-    return out
+        self.gathered = self.bank.copy()  # every rank loaded the same union
