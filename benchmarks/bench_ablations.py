@@ -8,7 +8,8 @@ layout (m images per character in the batch of 64), starting from the tuned
 (``smart_mining_fixed_kappa``: SmartBatchSampler batches of Algorithm 1's triplets) trained with
 its own loss (ratio triplet + global), with the ratio loss alone, and with PML's
 TripletMarginLoss on the same triplet batches (the miner hands the loss the batch's
-[anchor, positive, negative] rows either way).
+[anchor, positive, negative] rows either way); and the paper's baseline, the file's loss and
+settings on random triplets (``mined_fraction: 0``).
 
 ``--part controller``: read from the final runs of ``smart_mining`` (bench_tuning.py): per
 epoch, the kappa used, the training error e the controller steers on (the mean over the
@@ -69,6 +70,10 @@ def smart_runs() -> list[tuple[dict, list]]:
         extra = [("loss_funcs~OVERRIDE~", loss_funcs)] if loss_funcs else []
         out.append(({"part": "smart", "trunk": MAIN_TRUNK, "key": method["key"], "loss": label},
                     list(method["config"].items()) + extra))
+    # the paper's baseline: the same loss and settings on random triplets (no mined ones)
+    out.append(({"part": "smart", "trunk": MAIN_TRUNK, "key": method["key"],
+                 "loss": "ratio + global on random triplets"},
+                list(method["config"].items()) + [("sampler~APPLY~2", {"mined_fraction": 0.0})]))
     return out
 
 

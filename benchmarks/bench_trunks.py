@@ -36,8 +36,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "trunks.md"
 EMBEDDER = {"MLP": {"layer_sizes": [64]}}
 # name -> the trunk's config; from the main job's GlyphCNN up to about 6x its cost per image.
 TRUNKS = {
-    "GlyphCNN 32-64-128, stride 2 (main job)": {"GlyphCNN": {"channels": [32, 64, 128], "strides": [2, 2, 2]}},
-    "GlyphPoolCNN 16-32-64-64": {"GlyphPoolCNN": {"channels": [16, 32, 64, 64], "pools": [True, True, True, False]}},
+    "GlyphCNN 32-64-128, stride 2 (the first main job's)": {"GlyphCNN": {"channels": [32, 64, 128], "strides": [2, 2, 2]}},
+    "GlyphPoolCNN 16-32-64-64 (main job)": {"GlyphPoolCNN": {"channels": [16, 32, 64, 64], "pools": [True, True, True, False]}},
     "GlyphPoolCNN 32-64-128": {"GlyphPoolCNN": {"channels": [32, 64, 128], "pools": [True, True, True]}},
     "GlyphPoolCNN 32-64-128-128 (default)": {"GlyphPoolCNN": {"channels": [32, 64, 128, 128],
                                                               "pools": [True, True, True, False]}},

@@ -73,6 +73,40 @@ def search(methods: list[dict], folder: pathlib.Path, trials: int, num_threads: 
             search_until(method["key"], folder / "search", target, overrides)
 
 
+def own_settings(method: dict) -> dict:
+    """The method file's own value of each parameter its search covers (``{name: value}``): the
+    settings it had before tuning, run as one more trial of every search."""
+    from pml_ext.runner.config.config_reader import ConfigReader
+    from pml_ext.runner.config.search_space import search_space
+
+    names = config_names(MAIN_TRUNK)
+    plain = ConfigReader().read(names, list(method["config"].items())).categories
+    ranged = ConfigReader().read(names, list(method["config"].items()) + list(method["search"].items()))
+    values = {}
+    for p in search_space(ranged):
+        node = plain[p.category]
+        for key in p.path:
+            node = node[key]
+        values[p.name] = float(node) if p.flag in ("BAYESIAN", "LOG_BAYESIAN") else node
+    return values
+
+
+def add_own_settings(methods: list[dict], folder: pathlib.Path, trials: int, num_threads: int | None) -> None:
+    """After ``trials`` drawn trials, each search runs the file's own settings as trial ``trials``
+    (so a tuned file is never worse on val than the untuned one was)."""
+    import optuna
+
+    threads = [("num_threads", num_threads)] if num_threads else []
+    for method in methods:
+        db = folder / "search" / method["key"] / "optuna.db"
+        study = optuna.load_study(study_name=method["key"], storage=f"sqlite:///{db}")
+        if not any(t.user_attrs.get("own settings") for t in study.trials):
+            study.enqueue_trial(own_settings(method), user_attrs={"own settings": True})
+        overrides = (list(method["config"].items()) + list(method["search"].items())
+                     + [("splits_to_eval", ["val"]), ("check_untrained_accuracy", False)] + threads)
+        search_until(method["key"], folder / "search", trials + 1, overrides)
+
+
 def search_until(key: str, root: pathlib.Path, target: int, overrides: list) -> None:
     """Continue ``key``'s search until it has ``target`` finished trials. A trial that fails (say,
     a learning rate that diverges) is marked failed by the search and another one is drawn."""
@@ -109,6 +143,41 @@ def best(methods: list[dict], folder: pathlib.Path) -> str:
         lines.append(f"| {method['name']} | {len(done)} ({failed}) | {top.value:.4f} | "
                      f"{statistics.median(t.value for t in done):.4f} | {params} |")
     return "\n".join(lines)
+
+
+def apply_best(methods: list[dict], folder: pathlib.Path) -> None:
+    """Write each search's best values (3 significant digits) into its method file's ``config:``:
+    in place where the file sets the key, else as a plain key (the learning rates, m)."""
+    import optuna
+    from pml_ext.runner.config.config_reader import ConfigReader
+    from pml_ext.runner.config.search_space import search_space
+
+    for method in methods:
+        db = folder / "search" / method["key"] / "optuna.db"
+        study = optuna.load_study(study_name=method["key"], storage=f"sqlite:///{db}")
+        params = study.best_trial.params
+        ranged = ConfigReader().read(config_names(MAIN_TRUNK), list(method["config"].items())
+                                     + list(method["search"].items()))
+        spec = yaml.safe_load(open(method["path"]))
+        for p in search_space(ranged):
+            value = params[p.name]
+            value = float(f"{value:.3g}") if isinstance(value, float) else value
+            _set(spec["config"], p.path, value)
+        text = open(method["path"]).read()
+        head = text[:text.index("config:")]
+        tail = text[text.index("# The ranges the tuning searched"):]
+        body = ("# Tuned: the best of its search's trials on the val split (benchmarks/RESULTS.md, \"Tuned comparison\").\n"
+                + yaml.safe_dump({"config": spec["config"]}, sort_keys=False, default_flow_style=None, width=100))
+        _write_atomically(pathlib.Path(method["path"]), head + body + tail)
+
+
+def _set(config: dict, path: tuple, value) -> None:
+    """Set ``path`` (its first key a config key, maybe flagged in the file) to ``value``."""
+    top = next((k for k in config if k.split("~")[0] == path[0]), path[0])
+    node = config.setdefault(top, {})
+    for key in path[1:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
 
 
 def load_runs() -> list[dict]:
@@ -175,7 +244,8 @@ def final_table(trunk: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--stage", choices=["search", "best", "final", "report"], required=True)
+    parser.add_argument("--stage", choices=["search", "own", "best", "apply", "final", "report"], required=True,
+                        help="own: after --trials drawn trials, one more trial with each file's own settings")
     parser.add_argument("--methods", nargs="*", default=None, help="method file names (default: all)")
     parser.add_argument("--folder", default="tuning", help="where searches and final runs are written")
     parser.add_argument("--trials", type=int, default=12)
@@ -187,6 +257,10 @@ def main() -> None:
     methods = method_files(args.methods)
     if args.stage == "search":
         search(methods, folder, args.trials, args.num_threads)
+    elif args.stage == "own":
+        add_own_settings(methods, folder, args.trials, args.num_threads)
+    elif args.stage == "apply":
+        apply_best(methods, folder)
     elif args.stage == "best":
         print(best(methods, folder))
     elif args.stage == "final":
