@@ -23,6 +23,7 @@ words (``--trainer~APPLY~2 {batch_size: 256}``); PB's flags ~OVERRIDE~, ~APPLY~N
     --num_threads N        torch and FAISS threads (the glyph main job uses 2; on a busy machine: 1)
     --splits_to_eval val test   --check_untrained_accuracy true|false
     --distributed_timeout_seconds S   --distributed_eval_timeout_seconds S   (under torchrun)
+    --embedding_bank {}    epoch updates read the training passes' embeddings, not a second pass
 
 and whole objects: --trainer, --models, --optimizers, --loss_funcs, --mining_funcs, --sampler,
 --controllers, --tester, --hook_container, --dataset {Name: {...}}, --split_manager.

@@ -130,6 +130,26 @@ def test_near_classes_are_nearer_than_random_ones_and_random_share_mixes_them():
     assert near_gap < mixed_gap < random_gap and mixed_share == pytest.approx(0.5, abs=0.08)
 
 
+def test_the_controller_knows_that_larger_settings_give_easier_batches():
+    emb, labels = circle_data()
+
+    def mean_gap(**kwargs):
+        s = sampler(labels, length_before_new_iter=2400, classes_per_seed=2, **kwargs).update(emb)
+        heads = labels[s.epoch_batches(1)][:, ::3].view(-1, 2)             # (seed, other) pairs
+        return float(ring_gap(heads[:, 1], heads[:, 0]).float().mean())
+
+    # The premise: a wider neighbourhood draws farther classes. Class k's 2 nearest are 1 step
+    # away, its 4 nearest 1, 1, 2, 2 (mean 1.5), its 6 nearest 1 to 3 (mean 2): batches get
+    # easier, as with more random classes.
+    gaps = [mean_gap(neighbours=k) for k in (2, 4, 6)]
+    assert gaps == pytest.approx([1.0, 1.5, 2.0], abs=0.1)
+    assert mean_gap(neighbours=2, random_share=0.5) > gaps[0] + 0.5
+    s = sampler(labels, random_share=0.5).update(emb)
+    for attribute in ("random_share", "neighbours"):
+        ctrl = AdaptiveController(s, attribute, target=0.2, measure=lambda: 0.5, start_epoch=1)
+        assert ctrl.direction == "decreasing", attribute  # looked up, no probing step
+
+
 def test_before_any_update_the_classes_are_uniform():
     _, labels = circle_data()
     s = sampler(labels, length_before_new_iter=12 * 600)

@@ -67,7 +67,7 @@ def _pair_margin_sign(miner: Any, positive: bool) -> int:
     return -sign if inverted else sign
 
 
-# (class name anywhere in the MRO, attribute) -> how a larger value moves the mined fraction.
+# (class name anywhere in the MRO, attribute) -> how a larger value moves the measured error.
 KNOWN_SIGNS: dict[tuple[str, str], Callable[[Any], int]] = {
     ("TripletMarginMiner", "margin"): _triplet_margin_sign,
     ("MultiSimilarityMiner", "epsilon"): lambda m: 1,
@@ -77,6 +77,10 @@ KNOWN_SIGNS: dict[tuple[str, str], Callable[[Any], int]] = {
     ("SmartMiner", "kappa"): lambda m: -1,
     # A larger candidate pool lets the miner find harder negatives.
     ("IsometricHardMiner", "max_negatives"): lambda m: 1,
+    # More random classes, or near classes drawn from a wider neighbourhood, put classes that
+    # lie farther apart in one batch: easier batches, a lower training error.
+    ("ClassHardBatchSampler", "random_share"): lambda s: -1,
+    ("ClassHardBatchSampler", "neighbours"): lambda s: -1,
 }
 
 

@@ -83,6 +83,12 @@ class EmbeddingBank:
                              f"[{int(indices.min())}, {int(indices.max())}]")
         return indices
 
+    def copy(self) -> "EmbeddingBank":
+        """An independent bank with the same rows, flags and stamps."""
+        out = EmbeddingBank(self.num_rows, self.dim)
+        out.load_state_dict(self.state_dict())
+        return out
+
     # ------------------------------------------------------------------ ranks
     def gathered(self) -> "EmbeddingBank":
         """The bank of all ranks together, identical on every rank (a copy of this bank when not
@@ -94,9 +100,7 @@ class EmbeddingBank:
         Collective: every rank must call it.
         """
         if not is_distributed():
-            out = EmbeddingBank(self.num_rows, self.dim)
-            out.load_state_dict(self.state_dict())
-            return out
+            return self.copy()
         rows = self.filled.nonzero().flatten()
         idx, step = all_gather_uneven(rows), all_gather_uneven(self.written_step[rows])
         embeddings, epoch = all_gather_uneven(self.embeddings[rows]), all_gather_uneven(self.written_epoch[rows])

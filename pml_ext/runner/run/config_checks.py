@@ -10,6 +10,7 @@ from ..config.config_error import ConfigError
 from ..config.experiment_config import ExperimentConfig
 from ..config.search_space import reject_search_keys
 from ..state.run_guard import check_device, check_timeout
+from .bank_source import check_bank_settings
 
 __all__ = ["GENERAL_DEFAULTS", "REQUIRED_KEYS", "check_config", "general_settings", "split_schemes"]
 
@@ -27,6 +28,7 @@ GENERAL_DEFAULTS = {
     "distributed_eval_timeout_seconds": 86400,
     "num_threads": None,
     "splits_to_eval": ["val"],
+    "embedding_bank": None,  # absent: the epoch updates embed the training set afresh (bank_source)
 }
 # required top-level keys and the category that should define each
 REQUIRED_KEYS = {"trainer": "config_general", "models": "config_models", "optimizers": "config_optimizers",
@@ -74,6 +76,7 @@ def general_settings(config: ExperimentConfig) -> dict:
     if not isinstance(out["splits_to_eval"], list) or not out["splits_to_eval"]:
         raise ConfigError(config.source_of("splits_to_eval"), "splits_to_eval",
                           "must be a non-empty list of split names")
+    out["embedding_bank"] = check_bank_settings(out["embedding_bank"], config.source_of("embedding_bank"))
     return out
 
 

@@ -4,8 +4,9 @@ Two protocols (``pml_ext.utils.protocols``), structural, so that any class follo
 joins in without the runner knowing it:
 
 - ``EpochUpdatable``: a miner or sampler with ``update(embeddings, labels)`` (``SmartMiner``,
-  ``SmartBatchSampler``, ``HardNeighborSampler``) gets the embeddings of the whole training
-  set, recomputed at the end of each epoch. Miners are updated before samplers, because a
+  ``SmartBatchSampler``, ``HardNeighborSampler``, ``ClassHardBatchSampler``) gets the
+  embeddings of the whole training set at the end of each epoch: recomputed, or taken from
+  the training passes when the run keeps an embedding bank (``bank_source``). Miners are updated before samplers, because a
   sampler may draw on a miner's triplets; a miner that a sampler holds as its ``miner``
   attribute is left to that sampler (``SmartBatchSampler.update`` runs its miner's update
   itself, and skips it during warm-up).
@@ -60,7 +61,8 @@ class EpochUpdater:
         sampler: the trainer's sampler, or ``None``; it joins when it has ``update``.
         controllers: ``{name: (controller, module, attribute)}``.
         embed_training_set: returns ``(embeddings: Tensor[N, d], labels: LongTensor[N])`` of the
-            whole training set with the current model (called only when something updates).
+            whole training set, by the current model or from the run's embedding bank
+            (called only when something updates).
     """
 
     def __init__(self, miners: dict[str, Any], sampler: Any, controllers: dict[str, tuple[Any, Any, str]],

@@ -126,19 +126,23 @@ def wrap_models_for_ddp(trainer, device: torch.device) -> dict[str, torch.nn.Mod
 
 
 def embed_training_set(models, dataset, labels: torch.Tensor, device, getter, rank: int, world_size: int,
-                       distributed: bool):
-    """``(embeddings [N, d], labels [N])`` of the training set; each rank embeds a shard when distributed."""
+                       distributed: bool, rows: torch.Tensor | None = None, dim: int = 1):
+    """``(embeddings [n, d], labels [n])`` of the training set's ``rows: LongTensor[n]`` (default: all N,
+    in dataset order); each rank embeds a shard of them when distributed (every rank passes the
+    same rows). ``dim``: ``d``, for a rank whose shard is empty."""
     from ...utils.distributed import gather_training_set
     from ...utils.inference import compute_embeddings
 
-    positions = torch.arange(len(dataset))
+    rows = torch.arange(len(dataset)) if rows is None else rows.cpu().long()
+    positions = torch.arange(rows.numel())
     if distributed:
         positions = positions[rank::world_size]
     if positions.numel() == 0:
-        embeddings = torch.zeros(0, 1, device=device)
+        embeddings = torch.zeros(0, dim, device=device)
     else:
-        embeddings, _ = compute_embeddings(models["trunk"], torch.utils.data.Subset(dataset, positions.tolist()),
-                                           256, device, embedder=models["embedder"], data_and_label_getter=getter)
+        subset = torch.utils.data.Subset(dataset, rows[positions].tolist())
+        embeddings, _ = compute_embeddings(models["trunk"], subset, 256, device, embedder=models["embedder"],
+                                           data_and_label_getter=getter)
     if distributed:
-        return gather_training_set(embeddings, labels[positions].to(device), positions.to(device))
-    return embeddings, labels.to(device)
+        return gather_training_set(embeddings, labels[rows[positions]].to(device), positions.to(device))
+    return embeddings, labels[rows].to(device)

@@ -20,6 +20,7 @@ from ..objects.split_checks import check_batches, map_splits_to_eval
 from ..state.checkpoint_store import CheckpointStore, trainer_objects
 from ..state.run_records import batch_getter, recordable_statistics, settings_history
 from ..state.run_state import RngStates, seed_epoch, stateful_objects
+from .bank_source import BankSource
 from .epoch_updater import EpochUpdater, unwrap
 from .evaluate_only import evaluate_saved_models
 from .pml_internals import (keep_with_models, name_reference_splits, plain_models, restart_epoch_stream,
@@ -100,9 +101,24 @@ class SchemeRun:
             loss_funcs, mining_funcs, sampler = distribute(loss_funcs, mining_funcs, sampler, len(self.train_set),
                                                            batch_size, self.seed, self.rank, self.context.world_size)
         self.loss_funcs, self.mining_funcs, self.sampler = loss_funcs, mining_funcs, sampler
-        self.updater = EpochUpdater(mining_funcs, sampler, self.controllers, lambda: embed_training_set(
-            self.models, self.eval_sets["train"], self.train_labels, self.device, self.getter, self.rank,
-            self.context.world_size, self.distributed))
+        self.embedding_size = sum(factory.embedding_sizes)
+        self.bank_source = self._bank_source()
+        self.updater = EpochUpdater(mining_funcs, sampler, self.controllers, self.bank_source or self.embed_rows)
+
+    def embed_rows(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh embedding of the training set's ``rows`` (default all), by shards under DDP (collective)."""
+        return embed_training_set(self.models, self.eval_sets["train"], self.train_labels, self.device, self.getter,
+                                  self.rank, self.context.world_size, self.distributed, rows, self.embedding_size)
+
+    def _bank_source(self) -> BankSource | None:
+        """The ``embedding_bank`` the epoch updates read (bank_source), or ``None`` when the key is absent."""
+        from ...index.embedding_bank import EmbeddingBank
+
+        settings = self.general["embedding_bank"]
+        if settings is None:
+            return None
+        bank = EmbeddingBank(len(self.train_set), self.embedding_size)
+        return BankSource(bank, self.train_labels, self.embed_rows, settings, self.seed, self.device)
 
     def build_evaluation(self) -> None:
         """The tester (rank 0 only), PML's hooks with the record-keeper, the end-of-epoch hook."""
@@ -144,8 +160,11 @@ class SchemeRun:
             lr_schedulers=self.lr_schedulers, gradient_clippers=self.clippers or None,
             dataset_labels=self.train_labels.numpy(), data_and_label_getter=self.getter,
             end_of_iteration_hook=self.end_of_iteration, end_of_epoch_hook=self.end_of_epoch)
+        if self.bank_source is not None:
+            self.bank_source.attach(self.trainer, self.config.source_of("embedding_bank"))
         # Saved with the models: a resumed run continues exactly (mining_funcs are saved as such).
-        run_state = stateful_objects(self.sampler, self.mining_funcs, self.updater.saveable_controllers, self.rng)
+        run_state = stateful_objects(self.sampler, self.mining_funcs, self.updater.saveable_controllers, self.rng,
+                                     self.bank_source)
         keep_with_models(self.trainer, self.hooks, "run_state",
                          {k: v for k, v in run_state.items() if not k.startswith("miner_")})
         self.rank_zero_wait = RankZeroWait(self.general["distributed_timeout_seconds"],
@@ -172,6 +191,8 @@ class SchemeRun:
         from ...utils.distributed import broadcast_object
 
         sampler_stats = recordable_statistics(unwrap(self.sampler))  # the epoch just trained, before refresh
+        if self.bank_source is not None:  # every rank: the refresh and the checkpoint take the union
+            self.bank_source.gather()
         settings = self.updater.end_of_epoch(trainer)
         # The next epoch's stream, the same on every rank; kept (and saved) through rank 0's evaluation.
         seed_epoch(self.seed, int(trainer.epoch))
@@ -195,6 +216,8 @@ class SchemeRun:
         if sampler_stats:
             self.record_keeper.update_records(sampler_stats, trainer.epoch, parent_name="sampler_statistics")
             self.sampler_history.append({"epoch": int(trainer.epoch), **sampler_stats})
+        if self.bank_source is not None and self.bank_source.statistics:
+            self.record_keeper.update_records(self.bank_source.statistics, trainer.epoch, parent_name="embedding_bank")
         if self.controllers:
             self.record_keeper.update_records(settings, trainer.epoch, parent_name="controller_settings")
             self.record_keeper.update_records({n: c for n, (c, _, _) in self.controllers.items()}, trainer.epoch)
@@ -215,7 +238,8 @@ class SchemeRun:
     def build(self) -> dict[str, Any]:
         """Build everything the scheme trains and tests with; returns it as ``{"models",
         "loss_funcs", "mining_funcs", "sampler", "controllers", "trainer", "tester", "hooks",
-        "eval_sets"}`` (the runner keeps it for inspection)."""
+        "eval_sets", "embedding_bank"}`` (the runner keeps it for inspection; the bank is
+        ``None`` without the ``embedding_bank`` key)."""
         self.start_time = time.time()
         seed_epoch(self.seed)
         self.build_training()
@@ -223,7 +247,8 @@ class SchemeRun:
         self.build_trainer()
         return {"models": self.models, "loss_funcs": self.loss_funcs, "mining_funcs": self.mining_funcs,
                 "sampler": self.sampler, "controllers": self.controllers, "trainer": self.trainer,
-                "tester": self.tester, "hooks": self.hooks, "eval_sets": self.eval_sets}
+                "tester": self.tester, "hooks": self.hooks, "eval_sets": self.eval_sets,
+                "embedding_bank": None if self.bank_source is None else self.bank_source.bank}
 
     def run(self) -> tuple[dict, dict | None]:
         """``(info, report)`` after :meth:`build`: the scheme's summary, and (rank 0) its

@@ -2,8 +2,8 @@
 
 ``stateful_objects(...)`` returns ``{name: object with state_dict()/load_state_dict()}``: the
 sampler (every layer of a wrapped one, PML's samplers included), the miners (their generators
-and epoch triplets), the controllers (their state and the setting they steer) and the random
-number generators of torch, numpy and Python. ``seed_epoch(seed, epoch)`` is the one place
+and epoch triplets), the controllers (their state and the setting they steer), the random
+number generators of torch, numpy and Python, and the run's embedding bank when it keeps one. ``seed_epoch(seed, epoch)`` is the one place
 those generators are seeded: before building (epoch 0) and before each epoch. Saving them after epoch k and loading them
 before epoch k + 1 makes a resumed run equal, bit for bit on CPU, to the uninterrupted one.
 """
@@ -149,7 +149,8 @@ class ControllerState:
 
 
 def stateful_objects(sampler: Any = None, mining_funcs: Mapping[str, Any] | None = None,
-                     controllers: Mapping[str, Any] | None = None, rng: RngStates | None = None) -> dict[str, Any]:
+                     controllers: Mapping[str, Any] | None = None, rng: RngStates | None = None,
+                     embedding_bank: Any = None) -> dict[str, Any]:
     """``{name: object with state_dict()/load_state_dict()}`` for a checkpoint.
 
     Args:
@@ -157,6 +158,8 @@ def stateful_objects(sampler: Any = None, mining_funcs: Mapping[str, Any] | None
         mining_funcs: ``{name: miner}``; saved as ``miner_<name>``.
         controllers: ``{"controller_<name>": ControllerState}`` (``EpochUpdater.saveable_controllers``).
         rng: the run's ``RngStates``; saved as ``rng_states``.
+        embedding_bank: the run's embedding bank (its ``state_dict`` is the gathered bank of
+            all ranks, a versioned ``EmbeddingBank`` state), or ``None``; saved as ``embedding_bank``.
     """
     out: dict[str, Any] = {}
     if sampler is not None:
@@ -167,4 +170,6 @@ def stateful_objects(sampler: Any = None, mining_funcs: Mapping[str, Any] | None
     out.update(controllers or {})
     if rng is not None:
         out["rng_states"] = rng
+    if embedding_bank is not None:
+        out["embedding_bank"] = embedding_bank
     return out
