@@ -14,7 +14,8 @@ from pml_ext.runner import ComparisonRunner, ExperimentRunner
 SCHEME = "Test50_50_Partitions1_0"
 TINY = [("trainer~APPLY~2", {"iterations_per_epoch": 3}), ("save_interval", 1), ("check_untrained_accuracy", False),
         ("log_data_to_tensorboard", False)]
-METHODS = {m["key"]: m for m in ComparisonRunner(dataset="digits").methods()}
+DIGITS = ComparisonRunner(dataset="digits")
+METHODS = {m["key"]: m for m in DIGITS.methods()}
 
 
 def records(folder):
@@ -41,7 +42,7 @@ def same(a, b):
 @pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(METHODS))
 def test_a_run_stopped_after_epoch_2_and_resumed_equals_the_uninterrupted_run(tmp_path, key):
-    overrides = list(METHODS[key]["config"].items()) + TINY
+    overrides = DIGITS.settings(METHODS[key]) + TINY
     ExperimentRunner("whole", root_experiment_folder=str(tmp_path), overrides=overrides + [("num_epochs_train", 4)]).run()
     ExperimentRunner("split", root_experiment_folder=str(tmp_path), overrides=overrides + [("num_epochs_train", 2)]).run()
     summary = ExperimentRunner("split", root_experiment_folder=str(tmp_path), resume_training="latest",

@@ -100,3 +100,26 @@ def test_a_search_over_a_method_files_own_ranges_runs_two_trials(tmp_path):
         assert m in (2, 4, 8) and 0.01 <= margin <= 0.5
         trained.append(margin)
     assert trained[0] != trained[1]
+
+
+def test_for_dataset_adapts_a_glyph_tuned_file_to_digits_only(tmp_path):
+    from pml_ext.runner.config.config_reader import ConfigReader
+
+    def pairs(dataset):
+        runner = ComparisonRunner(methods=["lifted_hard_neighbors"], dataset=dataset)
+        (method,) = runner.methods()
+        config = ConfigReader().read(runner.config_names, runner._overrides(method, True))
+        return config.categories["config_loss_and_miners"]["sampler"]["HardNeighborSampler"]["pairs_per_batch"]
+
+    tuned = yaml.safe_load(open(os.path.join(METHODS, "lifted_hard_neighbors.yaml")))
+    assert pairs("glyphs") == tuned["config"]["sampler~OVERRIDE~"]["HardNeighborSampler"]["pairs_per_batch"] == 16
+    assert pairs("digits") == 4  # digits: 5 training classes
+
+
+@pytest.mark.parametrize("for_dataset", [{"nosuch": {}}, {"digits": 3}, [1]])
+def test_a_bad_for_dataset_names_the_key(tmp_path, for_dataset):
+    from pml_ext.runner import ConfigError
+
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({"name": "m", "config": {}, "for_dataset": for_dataset}))
+    with pytest.raises(ConfigError, match=r"m\.yaml: for_dataset: must map bundled benchmark names"):
+        ComparisonRunner(methods_folder=str(tmp_path)).methods()

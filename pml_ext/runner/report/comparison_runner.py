@@ -8,6 +8,7 @@ file)::
     requires: []              # pml_ext names that must import, else the method is skipped
     main_job: false           # optional: run only when named (--methods KEY); default true
     search: {...}             # optional: the ranges its tuning searched (benchmarks/bench_tuning.py)
+    for_dataset: {digits: {...}}   # optional: overrides for one bundled benchmark only
     config:                   # merged onto the bundled defaults like --key <yaml> overrides
       loss_funcs~OVERRIDE~: {metric_loss: {TripletMarginLoss: {margin: 0.2}}}
 
@@ -99,12 +100,18 @@ class ComparisonRunner:
             requires = list(spec.get("requires") or [])
             if not isinstance(spec.get("search") or {}, dict):
                 raise ConfigError(path, "search", "must be a mapping of --key overrides holding search ranges")
+            for_dataset = spec.get("for_dataset") or {}
+            if not isinstance(for_dataset, dict) or not all(
+                    k in MAIN_JOB_DATASETS and isinstance(v, dict) for k, v in for_dataset.items()):
+                raise ConfigError(path, "for_dataset", f"must map bundled benchmark names "
+                                  f"({', '.join(MAIN_JOB_DATASETS)}) to --key overrides, got {for_dataset!r}")
             if not isinstance(spec.get("main_job", True), bool):
                 raise ConfigError(path, "main_job", f"must be true or false, got {spec['main_job']!r}")
             out.append({"key": filename[:-5], "name": str(spec["name"]), "order": spec.get("order", 100),
                         "requires": requires, "config": spec["config"], "path": path,
                         "missing": [r for r in requires if not hasattr(pml_ext, r)],
-                        "main_job": spec.get("main_job", True), "search": spec.get("search") or {}})
+                        "main_job": spec.get("main_job", True), "search": spec.get("search") or {},
+                        "for_dataset": for_dataset})
         if self.only is not None:
             unknown = sorted(set(self.only) - {m["key"] for m in out})
             if unknown:
@@ -126,9 +133,15 @@ class ComparisonRunner:
                 config = ConfigReader(self.root_config_folder).read(self.config_names, self._overrides(method, True))
                 check_config(config, self.registry)
 
+    def settings(self, method: dict) -> list:
+        """A method file's ``--key`` overrides on this runner's benchmark: its ``config:``, then
+        its ``for_dataset`` entry for the benchmark (settings tuned on glyphs that another
+        benchmark cannot take, such as 16 seed pairs on digits' 5 classes)."""
+        return list(method["config"].items()) + list(method.get("for_dataset", {}).get(self.dataset, {}).items())
+
     def _overrides(self, method: dict, check_untrained: bool) -> list:
         skip_untrained = [] if check_untrained else [("check_untrained_accuracy", False)]
-        return list(method["config"].items()) + skip_untrained + self.overrides
+        return self.settings(method) + skip_untrained + self.overrides
 
     def run(self) -> dict:
         """Run the methods; returns ``{"rows", "table", "plot", "skipped", "folder", "histories"}``.
