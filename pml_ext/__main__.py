@@ -282,5 +282,19 @@ def _experiment_folder(argv: Sequence[str]) -> str | None:
     return os.path.join(options.get("root_experiment_folder", "experiments"), options["experiment_name"])
 
 
+def _release_process_groups() -> None:
+    """Destroy the process groups a distributed run made before this process exits: left to the
+    interpreter's exit, a gloo group's threads were torn down in an order that aborted a rank now
+    and then ("terminate called without an active exception", exit -6 under torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    finally:
+        _release_process_groups()
+    sys.exit(status)
