@@ -85,7 +85,7 @@ def train(parts: list[tuple[dict, list]], seeds: list[int], folder: pathlib.Path
         for run, overrides in parts:
             name = "_".join(str(v).replace(" ", "").replace("(", "").replace(")", "").replace("+", "_")
                             for v in run.values())
-            record_run(RUNS, {**run, "seed": seed}, folder / run["part"] / f"seed{seed}" / name, overrides,
+            record_run(RUNS, {**run, "seed": seed}, folder, pathlib.Path(run["part"], f"seed{seed}", name), overrides,
                        num_threads)
 
 

@@ -190,15 +190,17 @@ def final(methods: list[dict], folder: pathlib.Path, trunk: str, seeds: list[int
     for seed in seeds:
         for method in methods:
             run = {"trunk": trunk, "seed": seed, "key": method["key"], "method": method["name"]}
-            record_run(RUNS, run, folder / "final" / trunk / f"seed{seed}" / method["key"],
+            record_run(RUNS, run, folder, pathlib.Path("final", trunk, f"seed{seed}", method["key"]),
                        list(method["config"].items()), num_threads)
 
 
-def record_run(runs_file: pathlib.Path, run: dict, experiment: pathlib.Path, overrides: list,
+def record_run(runs_file: pathlib.Path, run: dict, root: pathlib.Path, relative: pathlib.Path, overrides: list,
                num_threads: int | None) -> None:
-    """Train ``overrides`` on ``run["trunk"]`` with ``run["seed"]`` in ``experiment`` (resuming it
-    when started), then append ``run`` with the test metrics at the epoch val chose to
-    ``runs_file``. Skipped when ``runs_file`` already holds a run with the same identity."""
+    """Train ``overrides`` on ``run["trunk"]`` with ``run["seed"]`` in ``root / relative`` (resuming
+    it when started), then append ``run`` with the test metrics at the epoch val chose to
+    ``runs_file`` (the folder recorded relative to ``root``, which is the user's own). Skipped
+    when ``runs_file`` already holds a run with the same identity."""
+    experiment = root / relative
     from pml_ext.runner.report.comparison_runner import ComparisonRunner
     from pml_ext.runner.run.experiment_runner import ExperimentRunner
 
@@ -217,7 +219,7 @@ def record_run(runs_file: pathlib.Path, run: dict, experiment: pathlib.Path, ove
     row = {**run, "chosen epoch": chosen, **{m: test.get(m) for m in ("P@1", "R@4", "MAP@R", "NMI")},
            "wall time (s)": round(time.time() - start, 1), "resumed": started, "load at start": round(load, 2),
            "threads": num_threads or 2, "date": datetime.date.today().isoformat(),
-           "folder": str(experiment)}
+           "folder": relative.as_posix()}
     print(json.dumps(row), flush=True)
     recorded = json.loads(runs_file.read_text()) if runs_file.is_file() else []
     _write_atomically(runs_file, json.dumps(recorded + [row], indent=1))
