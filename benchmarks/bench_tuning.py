@@ -195,11 +195,12 @@ def final(methods: list[dict], folder: pathlib.Path, trunk: str, seeds: list[int
 
 
 def record_run(runs_file: pathlib.Path, run: dict, root: pathlib.Path, relative: pathlib.Path, overrides: list,
-               num_threads: int | None) -> None:
+               num_threads: int | None, extras=None) -> None:
     """Train ``overrides`` on ``run["trunk"]`` with ``run["seed"]`` in ``root / relative`` (resuming
-    it when started), then append ``run`` with the test metrics at the epoch val chose to
-    ``runs_file`` (the folder recorded relative to ``root``, which is the user's own). Skipped
-    when ``runs_file`` already holds a run with the same identity."""
+    it when started), then append ``run`` with the test metrics (and val's MAP@R and P@1) at the
+    epoch val chose to ``runs_file`` (the folder recorded relative to ``root``, which is the
+    user's own). Skipped when ``runs_file`` already holds a run with the same identity.
+    ``extras(summary, experiment_folder) -> dict`` adds a caller's own figures to the row."""
     experiment = root / relative
     from pml_ext.runner.report.comparison_runner import ComparisonRunner
     from pml_ext.runner.run.experiment_runner import ExperimentRunner
@@ -216,7 +217,10 @@ def record_run(runs_file: pathlib.Path, run: dict, root: pathlib.Path, relative:
                                + threads, resume_training="latest" if started else None).run()
     chosen = next((s.get("best_epoch") for s in summary["schemes"].values()), None)
     test = next((r for r in ComparisonRunner.test_rows(summary) if r["epoch"] == chosen), {})
+    val = next((r for r in ComparisonRunner.test_rows(summary, "val") if r["epoch"] == chosen), {})
     row = {**run, "chosen epoch": chosen, **{m: test.get(m) for m in ("P@1", "R@4", "MAP@R", "NMI")},
+           "val MAP@R": val.get("MAP@R"), "val P@1": val.get("P@1"),
+           **(extras(summary, experiment) if extras else {}),
            "wall time (s)": round(time.time() - start, 1), "resumed": started, "load at start": round(load, 2),
            "threads": num_threads or 2, "date": datetime.date.today().isoformat(),
            "folder": relative.as_posix()}

@@ -178,6 +178,49 @@ def test_a_run_stopped_and_resumed_ends_with_the_same_bank_and_batches(tmp_path)
     assert same(resumed.objects[SCHEME]["embedding_bank"].state_dict(), bank)
 
 
+GLOBAL_INDEX_RECIPES = {
+    # Algorithm 1's triplet batches over the global index (batches of 63 rows: 21 triplets).
+    "smart": ("SmartMiner", [("mining_funcs~OVERRIDE~",
+                              {"tuple_miner": {"SmartMiner": {"k": 8, "batch_layout": True}}}),
+                             ("loss_funcs~OVERRIDE~", {"metric_loss": {"TripletMarginLoss": None}}),
+                             ("sampler~OVERRIDE~", {"SmartBatchSampler": {"warmup_epochs": 1}}),
+                             ("trainer~APPLY~2", {"iterations_per_epoch": 4, "batch_size": 63})]),
+    # Random positive pairs and their hard neighbours from the global index.
+    "hard neighbours": ("HardNeighborSampler", [
+        ("mining_funcs~OVERRIDE~", {}), ("loss_funcs~OVERRIDE~", {"metric_loss": {"ContrastiveLoss": None}}),
+        ("sampler~OVERRIDE~", {"HardNeighborSampler": {"pairs_per_batch": 4}}),
+        ("trainer~APPLY~2", {"iterations_per_epoch": 4, "batch_size": 64})]),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(GLOBAL_INDEX_RECIPES))
+def test_global_index_methods_are_fed_by_the_bank(tmp_path, spy_rows, monkeypatch, recipe):
+    """Smart mining and hard-neighbour batches build their index from the bank: the embeddings their
+    update gets are the bank's rows where a training batch wrote them, and only the unwritten rows
+    (and the staleness sample) are embedded fresh, never the whole training set."""
+    cls_name, overrides = GLOBAL_INDEX_RECIPES[recipe]
+    cls = getattr(pml_ext, cls_name)
+    updates, original = [], cls.update
+
+    def update(self, embeddings, *args, **kwargs):
+        updates.append(embeddings.detach().cpu().clone())
+        return original(self, embeddings, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "update", update)
+    runner = ExperimentRunner("global", root_experiment_folder=str(tmp_path),
+                              overrides=QUIET + overrides + [("num_epochs_train", 2),
+                                                             ("embedding_bank", {"staleness_sample": 16})])
+    runner.run()
+    bank = runner.objects[SCHEME]["embedding_bank"]
+    assert len(updates) == 2 and all(rows is not None for rows in spy_rows)  # no pass over the training set
+    written = bank.filled
+    assert 0 < int(written.sum()) < 676  # 4 batches an epoch visit part of the 676 samples
+    assert torch.equal(updates[-1][written], bank.embeddings[written])
+    unwritten = (~written).nonzero().flatten()
+    assert torch.equal(spy_rows[-1][:unwritten.numel()], unwritten)  # those rows only, then the sample
+    assert spy_rows[-1].numel() == unwritten.numel() + 16
+
+
 @pytest.mark.slow
 def test_two_ranks_gather_the_bank_of_one_process(tmp_path):
     """``torchrun --nproc_per_node 2`` against one process, with a frozen model (learning rate 0):

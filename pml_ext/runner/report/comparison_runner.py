@@ -235,13 +235,13 @@ class ComparisonRunner:
         return runner, summary, row
 
     @staticmethod
-    def test_rows(summary: dict) -> list[dict]:
-        """The test split's metrics per epoch (``{"epoch", "P@1", ...}``) of the first split scheme."""
+    def test_rows(summary: dict, split: str = "test") -> list[dict]:
+        """``split``'s metrics per epoch (``{"epoch", "P@1", ...}``) of the first split scheme."""
         from ..state.experiment_report import ExperimentReport
 
         for scheme, info in summary.get("schemes", {}).items():
             report = ExperimentReport("")
-            report.add(scheme, info.get("split_histories", {}).get("test", {}), {}, [])
+            report.add(scheme, info.get("split_histories", {}).get(split, {}), {}, [])
             return report.rows()
         return []
 
