@@ -1,0 +1,81 @@
+"""The class-level sampler's hardness steered or scheduled by the runner's ``controllers:`` on digits.
+
+Oracles: the miner's own readings captured by a spy on ``FractionActiveMeter.mine`` (the error a
+controller of the sampler must average), the sign the error demands, the values a schedule's
+formula gives by hand, and the records the run writes.
+"""
+import math
+import re
+import sqlite3
+
+import pytest
+
+from pml_ext import FractionActiveMeter
+from pml_ext.runner import ConfigError, ExperimentRunner
+
+SCHEME = "Test50_50_Partitions1_0"  # train: digits 0-4 less a quarter held out as val (676 samples)
+BATCHES = 3  # length_before_new_iter 192 / batch 64
+SAMPLER = {"ClassHardBatchSampler": {"classes_per_batch": 4, "samples_per_class": 16, "classes_per_seed": 2,
+                                     "neighbours": 2, "random_share": 0.25, "length_before_new_iter": 192}}
+BASE = [("check_untrained_accuracy", False), ("log_data_to_tensorboard", False),
+        ("trainer~APPLY~2", {"iterations_per_epoch": None}), ("sampler~OVERRIDE~", SAMPLER),
+        ("mining_funcs~OVERRIDE~", {"tuple_miner": {"FractionActiveMeter": {
+            "miner": {"MultiSimilarityMiner": {"epsilon": 0.1}}}}}),
+        ("loss_funcs~OVERRIDE~", {"metric_loss": {"MultiSimilarityLoss": None}})]
+
+
+def query(folder, sql):
+    with sqlite3.connect(folder / SCHEME / "saved_csvs" / "logs.db") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def controlled(measure, target=0.0, **extra):
+    return ("controllers", {"share": {"AdaptiveController": {
+        "module": "sampler", "attribute": "random_share", "measure": measure, "target": target,
+        "start_epoch": 1, "direction": "decreasing", **extra}}})
+
+
+@pytest.fixture
+def readings(monkeypatch):
+    """Every ``fraction_active`` the run's meter computes, in order."""
+    values = []
+    original = FractionActiveMeter.mine
+
+    def mine(self, *args):
+        out = original(self, *args)
+        values.append(self.fraction_active)
+        return out
+
+    monkeypatch.setattr(FractionActiveMeter, "mine", mine)
+    return values
+
+
+def test_a_controller_of_the_sampler_reads_the_miners_error_and_moves_the_share(tmp_path, readings):
+    # Target 0: every epoch's error is above it, and a larger random share (easier batches)
+    # lowers the error, so the share must rise at every step until its range ends.
+    runner = ExperimentRunner("steer", root_experiment_folder=str(tmp_path), overrides=BASE + [
+        ("num_epochs_train", 2), controlled("mining_funcs.tuple_miner.fraction_active")])
+    runner.run()
+    controller, module, attribute = runner.objects[SCHEME]["controllers"]["share"]
+    sampler = runner.objects[SCHEME]["sampler"]
+    assert module is sampler and attribute == "random_share" and controller.fraction  # named fraction_active
+    assert len(readings) == 2 * BATCHES
+    log = controller.step_log
+    for epoch in (1, 2):
+        epoch_readings = [v for v in readings[(epoch - 1) * BATCHES: epoch * BATCHES] if not math.isnan(v)]
+        assert log[epoch - 1]["error"] == pytest.approx(sum(epoch_readings) / len(epoch_readings))
+    assert controller.last_error == pytest.approx(log[1]["error"]) and log[1]["error"] > 0
+    shares = [s for (s,) in query(tmp_path / "steer", "SELECT share_random_share FROM controller_settings")]
+    assert shares[0] > 0.25 and shares[1] > shares[0] and shares[1] == pytest.approx(sampler.random_share)
+
+
+@pytest.mark.parametrize("measure, message", [
+    ("mining_funcs.nothing.fraction_active", "'nothing'"),
+    ("mining_funcs.tuple_miner.no_such_error", "FractionActiveMeter at mining_funcs.tuple_miner has no "
+                                               "attribute 'no_such_error'"),
+    ("no_such_error", "neither an attribute of ClassHardBatchSampler nor a path into the run")])
+def test_a_measure_that_is_nowhere_in_the_run_raises_naming_the_key(tmp_path, measure, message):
+    runner = ExperimentRunner("bad", root_experiment_folder=str(tmp_path),
+                              overrides=BASE + [("num_epochs_train", 1), controlled(measure)])
+    with pytest.raises(ConfigError, match=r"controllers\.share\.AdaptiveController\.measure.*" + re.escape(message)):
+        runner.run()
