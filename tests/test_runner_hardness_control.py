@@ -32,7 +32,7 @@ def query(folder, sql):
 def controlled(measure, target=0.0, **extra):
     return ("controllers", {"share": {"AdaptiveController": {
         "module": "sampler", "attribute": "random_share", "measure": measure, "target": target,
-        "start_epoch": 1, "direction": "decreasing", **extra}}})
+        "start_epoch": 1, **extra}}})  # direction: known (a larger share, easier batches)
 
 
 @pytest.fixture
@@ -79,3 +79,29 @@ def test_a_measure_that_is_nowhere_in_the_run_raises_naming_the_key(tmp_path, me
                               overrides=BASE + [("num_epochs_train", 1), controlled(measure)])
     with pytest.raises(ConfigError, match=r"controllers\.share\.AdaptiveController\.measure.*" + re.escape(message)):
         runner.run()
+
+
+RAMP = ("controllers", {"ramp": {"LinearSchedule": {
+    "module": "sampler", "attribute": "random_share", "start": 1.0, "end": 0.0, "start_epoch": 1, "end_epoch": 3}}})
+
+
+def sampler_shares(folder):
+    """The random share each epoch trained with, as the run recorded it: ``[(epoch, share)]``."""
+    return query(folder, 'SELECT "~iteration~", random_share FROM sampler_statistics ORDER BY "~iteration~"')
+
+
+def test_a_linear_schedule_sets_the_share_each_epoch_trains_with_and_resumes(tmp_path):
+    # Epoch 1 at start (not the sampler's configured 0.25), halfway at epoch 2, end from epoch 3.
+    expected = [(1, 1.0), (2, 0.5), (3, 0.0), (4, 0.0)]
+    root = str(tmp_path)
+    whole = ExperimentRunner("whole", root_experiment_folder=root,
+                             overrides=BASE + [RAMP, ("num_epochs_train", 4), ("save_interval", 1)])
+    whole.run()
+    assert sampler_shares(tmp_path / "whole") == expected
+    assert [s for (s,) in query(tmp_path / "whole", "SELECT ramp_random_share FROM controller_settings")] == \
+        [0.5, 0.0, 0.0, 0.0]  # written at the end of each epoch, for the next
+    ExperimentRunner("split", root_experiment_folder=root,
+                     overrides=BASE + [RAMP, ("num_epochs_train", 2), ("save_interval", 1)]).run()
+    ExperimentRunner("split", root_experiment_folder=root, resume_training="latest",
+                     overrides=[("num_epochs_train", 4)]).run()
+    assert sampler_shares(tmp_path / "split") == expected
