@@ -44,6 +44,7 @@ _EXPORTS = {
     "ExperimentLock": "runner.state.experiment_lock", "ExperimentLocked": "runner.state.experiment_lock",
     "AdaptiveController": "hooks.adaptive_controller",
     "FractionActiveMeter": "hooks.fraction_active_meter",
+    "LinearSchedule": "hooks.linear_schedule",
     "ControlRule": "hooks.control_rule",
     "LeastSquaresRule": "hooks.least_squares_rule",
     "ProportionalRule": "hooks.proportional_rule",

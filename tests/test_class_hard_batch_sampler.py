@@ -229,3 +229,49 @@ def test_bad_settings_updates_and_states_are_refused():
     with pytest.raises(ValueError, match=r"state\['random_share'\] must be in"):
         fresh.load_state_dict({**state, "random_share": 3.0, "epoch": 4, "next_epoch": 5})
     assert fresh.next_epoch == 1 and fresh.centres is None  # nothing changed
+
+
+def class_means(emb, labels):
+    """Each class's mean of L2-normalised rows: ``[C, d]`` (the centre definition, computed here)."""
+    unit = torch.nn.functional.normalize(emb, dim=1)
+    return torch.stack([unit[labels == k].mean(dim=0) for k in range(NUM_CLASSES)])
+
+
+def test_refresh_every_recomputes_the_centres_on_calls_1_3_5_only(tmp_path):
+    emb, labels = circle_data()
+    s = sampler(labels, refresh_every=2)
+    given = [emb + 0.1 * call for call in range(1, 7)]  # a different embedding at every call
+    refreshed_from = []
+    for call, e in enumerate(given, start=1):
+        s.update(e, labels)
+        refreshed_from.append(next(i for i, g in enumerate(given, start=1) if torch.allclose(s.centres,
+                                                                                            class_means(g, labels))))
+        assert s.update_calls == call
+    assert refreshed_from == [1, 1, 3, 3, 5, 5] and s.num_updates == 3
+    # The count goes with the state: the resumed sampler refreshes at call 7 as the original does.
+    torch.save(s.state_dict(), tmp_path / "sampler.pt")
+    resumed = sampler(labels, refresh_every=2)
+    resumed.load_state_dict(torch.load(tmp_path / "sampler.pt"))
+    assert resumed.update_calls == 6 and torch.equal(resumed.centres, s.centres)
+    for sampler_ in (s, resumed):
+        sampler_.update(given[0], labels)  # call 7: a refresh
+    assert torch.allclose(resumed.centres, class_means(given[0], labels)) and torch.equal(resumed.centres, s.centres)
+
+
+def test_refresh_every_is_validated_and_old_states_still_load():
+    emb, labels = circle_data()
+    for bad, error in ((0, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="refresh_every must be"):
+            sampler(labels, refresh_every=bad)
+    state = sampler(labels).update(emb, labels).state_dict()
+    del state["update_calls"]  # saved before refresh_every existed
+    s = sampler(labels, refresh_every=3)
+    s.load_state_dict(state)
+    assert s.update_calls == 0 and s.num_updates == 1
+    s.update(emb + 1.0, labels)  # call 1 of the resumed count: a refresh
+    assert torch.allclose(s.centres, class_means(emb + 1.0, labels))
+    with pytest.raises(ValueError, match=r"state\['update_calls'\] must be >= 0"):
+        s.load_state_dict({**state, "update_calls": -2})
+    with pytest.raises(ValueError, match="embeddings has 71 rows"):
+        s.update(emb[:71])
+    assert s.update_calls == 1  # a refused call is not counted

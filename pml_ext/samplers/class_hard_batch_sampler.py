@@ -31,11 +31,11 @@ class ClassHardBatchSampler(EpochSampler):
 
     Class centres: ``update(embeddings, labels)`` takes the training set's embeddings (a
     ``Tensor[N, d]`` in dataset order, or an ``EmbeddingBank``, whose unwritten rows are
-    left out) and sets each class's centre to the mean of its members' L2-normalised
-    embeddings; classes are near when their centres are close in Euclidean distance. Before
-    the first update there are no centres and every class is random (plain random class
-    batches, like PML's ``MPerClassSampler``). A class without written rows has no centre
-    and is nobody's near class.
+    left out) and, on its first call and every ``refresh_every``-th call after it, sets each
+    class's centre to the mean of its members' L2-normalised embeddings; classes are near
+    when their centres are close in Euclidean distance. Before the first update there are no
+    centres and every class is random (plain random class batches, like PML's
+    ``MPerClassSampler``). A class without written rows has no centre and is nobody's near class.
 
     Hardness, settable between epochs (e.g. by ``AdaptiveController``, which keeps
     ``neighbours`` an int): ``random_share`` (the share of non-seed classes drawn at random,
@@ -55,6 +55,8 @@ class ClassHardBatchSampler(EpochSampler):
         classes_per_seed: classes per group (seed included), dividing ``c``; default ``c``
             (one seed per batch).
         neighbours, random_share: the hardness settings above (defaults 8 and 0.0).
+        refresh_every: recompute the centres on update calls 1, 1 + k, 1 + 2k, ... (k >= 1;
+            the runner calls ``update`` once per epoch, so k = 2 refreshes every other epoch).
         replacement: draw a class's members with replacement.
         length_before_new_iter: indices per epoch (default N), rounded down to whole batches.
         seed, rank, world_size, drop_uneven, return_batches: as in ``EpochSampler``.
@@ -72,7 +74,7 @@ class ClassHardBatchSampler(EpochSampler):
                  classes_per_seed: int | None = None, neighbours: int = 8, random_share: float = 0.0,
                  replacement: bool = False, length_before_new_iter: int | None = None, seed: int = 0,
                  return_batches: bool = False, rank: int | None = None, world_size: int | None = None,
-                 drop_uneven: bool = False):
+                 drop_uneven: bool = False, refresh_every: int = 1):
         super().__init__(batch_size, seed, rank, world_size, drop_uneven, return_batches)
         labels = torch.as_tensor(labels)
         check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1)
@@ -101,6 +103,8 @@ class ClassHardBatchSampler(EpochSampler):
         self.random_share = random_share
         self.centres: torch.Tensor | None = None      # [C, d], None before the first update
         self.has_centre: torch.Tensor | None = None   # [C] classes with at least one embedded member
+        self.refresh_every = check_int(refresh_every, "refresh_every", 1)
+        self.update_calls = 0  # counts every call; num_updates only those that recomputed
         self.num_updates = 0
         self.near_share_in_epoch = 0.0
         c_f.add_to_recordable_attributes(self, list_of_names=list(_RECORDS))
@@ -125,7 +129,8 @@ class ClassHardBatchSampler(EpochSampler):
     # ------------------------------------------------------------------ epoch protocol
     def update(self, embeddings, labels: torch.Tensor | None = None) -> "ClassHardBatchSampler":
         """Recompute the class centres from ``embeddings`` (``Tensor[N, d]`` in dataset order, or an
-        ``EmbeddingBank`` of N rows). ``labels`` (optional) must be the sampler's own."""
+        ``EmbeddingBank`` of N rows) on the calls ``refresh_every`` selects; on the others,
+        nothing but the count. ``labels`` (optional) must be the sampler's own."""
         from ..index.embedding_bank import EmbeddingBank
 
         num_points = self.labels.shape[0]
@@ -140,6 +145,9 @@ class ClassHardBatchSampler(EpochSampler):
             raise TypeError(f"embeddings must be a Tensor[N, d] or an EmbeddingBank, got {type(embeddings).__name__}")
         if rows.shape[0] != num_points:
             raise ValueError(f"embeddings has {rows.shape[0]} rows but the sampler's labels {num_points}")
+        self.update_calls += 1  # a refused call is not counted
+        if (self.update_calls - 1) % self.refresh_every:
+            return self
         of = self.classes.of[written]
         unit = torch.nn.functional.normalize(rows[written], dim=1)
         num_classes = self.classes.count.numel()
@@ -153,7 +161,8 @@ class ClassHardBatchSampler(EpochSampler):
     def state_dict(self) -> dict:
         """The epoch counters, the two settings and the centres of the last ``update``."""
         return {**super().state_dict(), "random_share": self.random_share, "neighbours": self.neighbours,
-                "centres": self.centres, "has_centre": self.has_centre, "num_updates": self.num_updates}
+                "centres": self.centres, "has_centre": self.has_centre, "num_updates": self.num_updates,
+                "update_calls": self.update_calls}
 
     def load_state_dict(self, state: dict) -> None:
         centres, has_centre = state.get("centres"), state.get("has_centre")
@@ -170,8 +179,11 @@ class ClassHardBatchSampler(EpochSampler):
         share = _check_share(state.get("random_share", self.random_share), "state['random_share']")
         neighbours = check_int(state.get("neighbours", self.neighbours), "state['neighbours']", 1)
         num_updates = check_int(state.get("num_updates", 0), "state['num_updates']", 0)
+        # States saved before refresh_every have no count: 0, the next call refreshes.
+        update_calls = check_int(state.get("update_calls", 0), "state['update_calls']", 0)
         super().load_state_dict(state)
         self.random_share, self.neighbours, self.num_updates = share, neighbours, num_updates
+        self.update_calls = update_calls
         self.centres = None if centres is None else centres.float().cpu().clone()
         self.has_centre = None if has_centre is None else has_centre.cpu().clone()
 

@@ -17,7 +17,9 @@ docs/runner.md):
   plus any *required* constructor argument the config leaves out among ``batch_size``,
   ``miner`` (the tuple miner), ``seed`` and ``dataset``.
 - **Controllers** name the object they steer by a path into the run
-  (``module: mining_funcs.tuple_miner``); the path is resolved to the object itself.
+  (``module: mining_funcs.tuple_miner``); the path is resolved to the object itself. A
+  ``measure`` that is not an attribute of that object may be a path to another object's
+  attribute (``mining_funcs.tuple_miner.fraction_active`` for a controller of the sampler).
 """
 from __future__ import annotations
 
@@ -191,9 +193,36 @@ class ObjectFactory:
             except ValueError as exc:
                 raise ConfigError(self.source(top), f"{where}.attribute", str(exc)) from None
             kwargs["module"] = module
+            if isinstance(kwargs.get("measure"), str):
+                kwargs["measure"] = self.measure(kwargs["measure"], module, run_objects, self.source(top),
+                                                 f"{where}.measure")
             controller = self.registry.build("controller", {cls_name: kwargs}, self.source(top), key)
             out[name] = (controller, module, attribute)
         return out
+
+    @classmethod
+    def measure(cls, path: str, module: Any, run_objects: dict[str, Any], source: str, key: str) -> Any:
+        """A controller's ``measure``: kept as the name when it is an attribute of ``module``, else
+        (``mining_funcs.tuple_miner.fraction_active``) a zero-argument callable reading that
+        attribute of another run object at each call, named after it (for ``fraction`` inference)."""
+        try:
+            resolve(module, path, "measure")
+            return path
+        except ValueError:
+            pass
+        head, _, name = path.rpartition(".")
+        if not head:
+            raise ConfigError(source, key, f"'{path}' is neither an attribute of {type(module).__name__} nor a "
+                                           f"path into the run such as mining_funcs.tuple_miner.fraction_active")
+        owner = cls.resolve_path(head, run_objects, source, key)
+        if not hasattr(owner, name):
+            raise ConfigError(source, key, f"'{path}': {type(owner).__name__} at {head} has no attribute '{name}'")
+
+        def read() -> Any:
+            return getattr(owner, name)
+
+        read.__name__ = read.__qualname__ = name
+        return read
 
     @staticmethod
     def resolve_path(path: str, run_objects: dict[str, Any], source: str, key: str) -> Any:
