@@ -12,6 +12,8 @@ come from:
   ramp to the fixed recipe's share);
 - ``ctrl``: the same with ``random_share`` steered by an ``AdaptiveController`` toward a
   target training error (the miner's fraction of active tuples, through ``FractionActiveMeter``);
+- ``hn``: the tuned loss on ``HardNeighborSampler`` batches from the bank (``p`` random positive
+  pairs, each member with its nearest negatives);
 - ``bank``: the global-index methods (smart mining, hard-neighbour batches) fed by the bank
   instead of a fresh pass over the training set.
 
@@ -19,6 +21,7 @@ Stages (all resumable: finished runs are kept in ``results/global_runs.json`` an
 interrupted run continues from its checkpoint; one process per ``--folder`` and ``--losses``):
 
     python benchmarks/bench_global.py --stage grid --folder global --num_threads 1 --losses ms iso
+    python benchmarks/bench_global.py --stage grid --folder global --recipes ms/hn/p16 iso/ramp/c32m2s4k8r0.5
     python benchmarks/bench_global.py --stage final --recipes ms/hard/... --trunk glyph_pool_cnn_small
     python benchmarks/bench_global.py --stage overhead --folder global_time      # an idle machine
     python benchmarks/bench_global.py --stage report
@@ -78,13 +81,14 @@ def parse_recipe(name: str) -> tuple[str, str, dict]:
     return loss, mode, point
 
 
-def sampler_overrides(point: dict, steps: int = 2) -> list:
+def sampler_overrides(point: dict) -> list:
     p = {**HARD_DEFAULT, **point}
     spec = {"classes_per_batch": int(p["c"]), "samples_per_class": int(p["m"]), "classes_per_seed": int(p["s"]),
             "neighbours": int(p["k"]), "random_share": float(p["r"])}
     if "e" in p:
         spec["refresh_every"] = int(p["e"])
-    return [("sampler~OVERRIDE~", {"ClassHardBatchSampler": spec}), ("embedding_bank", {})]
+    bank = {"source": "fresh"} if p.get("f") else {}  # f1: centres from a fresh pass, for comparison
+    return [("sampler~OVERRIDE~", {"ClassHardBatchSampler": spec}), ("embedding_bank", bank)]
 
 
 def metered_miner(loss_key: str, config: dict) -> tuple[list, str]:
@@ -123,6 +127,9 @@ def recipe_overrides(name: str) -> list:
             "target": float(point["t"]), "start_epoch": 2, "bounds": [0.01, 1.0]}}})]
         # the controller starts from all-random batches and makes them harder while the error allows
         out.append(("sampler~APPLY~2", {"random_share": 1.0}))
+    elif mode == "hn":  # instance-level: random positive pairs and their nearest negatives in the bank
+        out = base + [("sampler~OVERRIDE~", {"HardNeighborSampler": {"pairs_per_batch": int(point["p"])}}),
+                      ("embedding_bank", {})]
     elif mode != "hard":
         raise SystemExit(f"unknown recipe mode {mode!r} in {name!r}")
     return out
@@ -276,7 +283,8 @@ def main() -> None:
         recipe_overrides(name)  # an unknown recipe fails here, before anything is written
     folder = pathlib.Path(args.folder).resolve()
     if args.stage == "grid":
-        train(grid_recipes(args.losses), folder, MAIN_TRUNK, [0], "grid", args.num_threads)
+        recipes = args.recipes or grid_recipes(args.losses)
+        train(recipes, folder, MAIN_TRUNK, [0], "grid", args.num_threads)
     elif args.stage == "final":
         train(args.recipes, folder, args.trunk, args.seeds, "final", args.num_threads)
     elif args.stage == "overhead":

@@ -53,10 +53,11 @@ def leaves(node, name):
             yield from leaves(item, name)
 
 
-def test_ten_method_files_five_in_the_main_job():
-    assert len(KEYS) == 10
+def test_eleven_method_files_six_in_the_main_job():
+    assert len(KEYS) == 11
     assert [m["key"] for m in ComparisonRunner(dataset="glyphs").methods()] == [
-        "pml_triplet_semihard", "lifted_structure", "lifted_hard_neighbors", "smart_mining", "isometric_hard_miner"]
+        "pml_triplet_semihard", "lifted_structure", "lifted_hard_neighbors", "smart_mining", "isometric_hard_miner",
+        "isometric_class_hard"]
 
 
 @pytest.mark.parametrize("key", KEYS)
