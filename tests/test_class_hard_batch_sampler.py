@@ -280,3 +280,29 @@ def test_near_classes_order_equal_distances_by_class_id_and_skip_classes_without
     # Only two classes with centres: each is the other's single neighbour.
     two = torch.tensor([False, True, False, True])
     assert near_of(torch.randn(4, 3), two, 3).tolist() == [[-1] * 3, [3, -1, -1], [-1] * 3, [1, -1, -1]]
+
+
+def test_near_classes_are_searched_once_per_set_of_centres(monkeypatch):
+    import pml_ext.samplers.class_hard_batch_sampler as module
+
+    calls = []
+    search = module.nearest_centres
+    monkeypatch.setattr(module, "nearest_centres", lambda *args: calls.append(1) or search(*args))
+    emb, labels = circle_data()
+    s = sampler(labels, neighbours=2).update(emb)
+
+    def fresh():  # the search itself, on the sampler's current centres
+        return search(s.centres, s.has_centre, s.neighbours)
+
+    first = s.near_classes()
+    first[:] = 0  # the caller's copy: the cached answer must not change
+    assert torch.equal(s.epoch_batches(1), s.epoch_batches(1)) and len(calls) == 1
+    assert torch.equal(s.near_classes(), fresh()) and len(calls) == 1
+    s.neighbours = 3                                            # a new k
+    assert torch.equal(s.near_classes(), fresh()) and len(calls) == 2
+    s.update(torch.roll(emb, PER_CLASS, 0))                     # new centres
+    assert torch.equal(s.near_classes(), fresh()) and len(calls) == 3
+    s.centres[0] = s.centres[6]                                 # an in-place edit: 0 moves onto 6
+    assert s.near_classes()[6, 0] == 0 and len(calls) == 4
+    s.has_centre[0] = False
+    assert not (s.near_classes() == 0).any() and len(calls) == 5

@@ -101,6 +101,7 @@ class ClassHardBatchSampler(EpochSampler):
         self.centres: torch.Tensor | None = None      # [C, d], None before the first update
         self.has_centre: torch.Tensor | None = None   # [C] classes with at least one embedded member
         self.num_updates = 0
+        self._near_cache: tuple[tuple, torch.Tensor] | None = None  # (centres, versions, k), near
         self.near_share_in_epoch = 0.0
         c_f.add_to_recordable_attributes(self, list_of_names=list(_RECORDS))
 
@@ -188,7 +189,14 @@ class ClassHardBatchSampler(EpochSampler):
         k = min(self.neighbours, num_classes - 1)
         if k == 0:
             return torch.full((num_classes, 0), -1, dtype=torch.long)
-        return nearest_centres(self.centres, self.has_centre, k)
+        # The search is the epoch's costliest step (~40 s at 143k classes): epochs built on the
+        # same centres (updates every n epochs) reuse it. The cache holds the very tensors it
+        # was computed from (so their ids cannot be reused) and their in-place edit counters.
+        key = (self.centres, self.centres._version, self.has_centre, self.has_centre._version, k)
+        cached = self._near_cache
+        if cached is None or not all(a is b if torch.is_tensor(a) else a == b for a, b in zip(cached[0], key)):
+            self._near_cache = cached = (key, nearest_centres(self.centres, self.has_centre, k))
+        return cached[1].clone()
 
     def epoch_batches(self, epoch: int | None = None) -> torch.Tensor:
         """The single-process epoch (default: the next one): ``LongTensor[num_batches, batch_size]``.
