@@ -21,10 +21,11 @@ def nearest_centres(centres: torch.Tensor, has_centre: torch.Tensor, k: int) -> 
 
     Rows are nearest first, equal distances in increasing class id; a class without a centre
     is nobody's neighbour and gets a row of -1, as do the slots beyond the other classes
-    with a centre. The search is FAISS's exact ``IndexFlatL2`` (a brute-force
-    ``[C, C]`` distance matrix sorted per row cost ~30 min at 143k classes on 2 cores; this
-    search ~30 s); the candidates' distances are then recomputed in the difference form,
-    which is exact for equal distances, and the candidates sorted by (distance, class id).
+    with a centre. The search is FAISS's exact ``IndexFlatL2`` (measured by
+    ``benchmarks/bench_global_scale.py`` at 143k classes on one core: ~40 s, where sorting
+    the ``[C, C]`` distance matrix row by row took ~40 min); the candidates' distances are
+    then recomputed in the difference form, which is exact for equal distances, and the
+    candidates sorted by (distance, class id).
     """
     import faiss
     from pytorch_metric_learning.distances import LpDistance
