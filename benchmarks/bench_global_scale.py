@@ -247,9 +247,9 @@ The class-level recipe's and smart mining's per-epoch work (bank writes, class c
 batch building; the smart miner's k-NN refresh) against an epoch of that many images at
 the glyph trunks' training speed (GlyphCNN 32-64-128 + MLP, and the main job's
 GlyphPoolCNN 16-32-64-64 + MLP; training steps only, no data loading); the target is
-<= 10 % (`benchmarks/bench_global_scale.py` describes the data and what is timed). Cells
-are min / median over rounds, each ratio taken within a round. "work" rows: `write` one epoch of bank writes,
-`update` class centres, `near` the class centres' neighbour search, `batches` the epoch's
+<= 10 % (`benchmarks/bench_global_scale.py` describes the data and what is timed; the
+verdict is under "What the figures say"). Cells are min / median over rounds, each ratio
+taken within a round. "work" rows: `write` one epoch of bank writes, `update` class centres, `near` the class centres' neighbour search, `batches` the epoch's
 batches from it, `class total` = write + update + near + batches, `class total, centres
 every 2nd epoch` = write + (update + near) / 2 + batches;
 `smart first` / `smart next` SmartMiner's update on a fresh / drifted bank, `smart total` =
