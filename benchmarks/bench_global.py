@@ -15,7 +15,8 @@ come from:
 - ``hn``: the tuned loss on ``HardNeighborSampler`` batches from the bank (``p`` random positive
   pairs, each member with its nearest negatives);
 - ``bank``: the global-index methods (smart mining, hard-neighbour batches) fed by the bank
-  instead of a fresh pass over the training set.
+  instead of a fresh pass over the training set (``file``: the method file as bundled, with
+  the fresh pass).
 
 Stages (all resumable: finished runs are kept in ``results/global_runs.json`` and skipped, an
 interrupted run continues from its checkpoint; one process per ``--folder`` and ``--losses``):
@@ -107,9 +108,9 @@ def metered_miner(loss_key: str, config: dict) -> tuple[list, str]:
 def recipe_overrides(name: str) -> list:
     """The overrides of recipe ``name`` (see the module doc)."""
     loss, mode, point = parse_recipe(name)
-    if mode == "bank":
+    if mode in ("bank", "file"):  # a global-index method file fed by the bank, or as bundled (a fresh pass)
         method = method_files([loss])[0]
-        return list(method["config"].items()) + [("embedding_bank", {})]
+        return list(method["config"].items()) + ([("embedding_bank", {})] if mode == "bank" else [])
     method = method_files([LOSSES[loss]])[0]
     base = list(method["config"].items())
     if mode == "mper":

@@ -9,8 +9,8 @@ import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
 ORDER = ["tuning", "ablations", "glyphs", "quick", "glyph_cnn", "trunks", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index",
-         "index_refresh", "smart", "controller", "isometric", "runner", "runner_import", "runner_ddp", "checkpoint",
-         "accuracy"]
+         "index_refresh", "smart", "global_scale", "controller", "isometric", "runner", "runner_import",
+         "runner_ddp", "checkpoint", "accuracy"]
 HEADER = """# Benchmark results
 
 Every figure below names the command that produced it and its date. The machine: 2 cores,

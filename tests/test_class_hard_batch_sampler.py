@@ -275,3 +275,78 @@ def test_refresh_every_is_validated_and_old_states_still_load():
     with pytest.raises(ValueError, match="embeddings has 71 rows"):
         s.update(emb[:71])
     assert s.update_calls == 1  # a refused call is not counted
+def brute_near(centres, has_centre, k):
+    """The oracle: every centre-to-centre distance (difference form, float64), stable-sorted per row."""
+    dist = torch.cdist(centres.double(), centres.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    dist.fill_diagonal_(float("inf"))
+    dist[:, ~has_centre] = float("inf")
+    dist[~has_centre] = float("inf")
+    values, found = torch.sort(dist, dim=1, stable=True)
+    return torch.where(values[:, :k].isinf(), -1, found[:, :k])
+
+
+def near_of(centres, has_centre, neighbours):
+    """``near_classes()`` of a sampler over ``len(centres)`` classes holding these centres."""
+    labels = torch.arange(centres.shape[0]).repeat_interleave(2)
+    s = ClassHardBatchSampler(labels, 4, 2, 2, neighbours=neighbours)
+    s.load_state_dict({**s.state_dict(), "centres": centres, "has_centre": has_centre})
+    return s.near_classes()
+
+
+@pytest.mark.parametrize("num_classes, neighbours", [(300, 1), (300, 8), (300, 16), (20, 30)])
+def test_near_classes_equal_a_brute_force_search_on_random_centres(num_classes, neighbours):
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(num_classes, 8, generator=gen)
+    has_centre = torch.rand(num_classes, generator=gen) > 0.15
+    centres[~has_centre] = 0.0  # as update leaves them: every such row the same point
+    k = min(neighbours, num_classes - 1)
+    expected = brute_near(centres, has_centre, k)
+    # No near-ties (within float32 round-off) among the distances that decide the answer,
+    # the (k+1)-th included.
+    wide = brute_near(centres, has_centre, min(k + 1, num_classes - 1))
+    dist = torch.cdist(centres.double(), centres.double()).gather(1, wide.clamp(min=0))
+    gaps = (dist[:, 1:] - dist[:, :-1])[(wide[:, 1:] >= 0)]
+    assert gaps.numel() and float(gaps.min()) > 3e-6  # ~6 float32 steps at these distances
+    near = near_of(centres, has_centre, neighbours)
+    assert torch.equal(near, expected)
+    assert (near[~has_centre] == -1).all() and not torch.isin(near, (~has_centre).nonzero()).any()
+
+
+def test_near_classes_order_equal_distances_by_class_id_and_skip_classes_without_centre():
+    # A 6 x 6 integer grid: each point has up to 4 neighbours at 1, 4 at sqrt(2), 4 at 2, ...
+    grid = torch.stack(torch.meshgrid(torch.arange(6.0), torch.arange(6.0), indexing="ij"), -1).view(36, 2)
+    has_centre = torch.ones(36, dtype=torch.bool)
+    has_centre[[0, 7, 20]] = False
+    near = near_of(grid, has_centre, 6)
+    assert torch.equal(near, brute_near(grid, has_centre, 6))
+    # Class 14 = (2, 2): 8, 13, 15 at 1 (20 has no centre), then the diagonals 9 and 19 (7 has none).
+    assert near[14].tolist() == [8, 13, 15, 9, 19, 21]
+    # Only two classes with centres: each is the other's single neighbour.
+    two = torch.tensor([False, True, False, True])
+    assert near_of(torch.randn(4, 3), two, 3).tolist() == [[-1] * 3, [3, -1, -1], [-1] * 3, [1, -1, -1]]
+
+
+def test_near_classes_are_searched_once_per_set_of_centres(monkeypatch):
+    import pml_ext.samplers.class_hard_batch_sampler as module
+
+    calls = []
+    search = module.nearest_centres
+    monkeypatch.setattr(module, "nearest_centres", lambda *args: calls.append(1) or search(*args))
+    emb, labels = circle_data()
+    s = sampler(labels, neighbours=2).update(emb)
+
+    def fresh():  # the search itself, on the sampler's current centres
+        return search(s.centres, s.has_centre, s.neighbours)
+
+    first = s.near_classes()
+    first[:] = 0  # the caller's copy: the cached answer must not change
+    assert torch.equal(s.epoch_batches(1), s.epoch_batches(1)) and len(calls) == 1
+    assert torch.equal(s.near_classes(), fresh()) and len(calls) == 1
+    s.neighbours = 3                                            # a new k
+    assert torch.equal(s.near_classes(), fresh()) and len(calls) == 2
+    s.update(torch.roll(emb, PER_CLASS, 0))                     # new centres
+    assert torch.equal(s.near_classes(), fresh()) and len(calls) == 3
+    s.centres[0] = s.centres[6]                                 # an in-place edit: 0 moves onto 6
+    assert s.near_classes()[6, 0] == 0 and len(calls) == 4
+    s.has_centre[0] = False
+    assert not (s.near_classes() == 0).any() and len(calls) == 5

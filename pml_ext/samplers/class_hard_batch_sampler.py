@@ -8,13 +8,12 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..utils.checks import check_embeddings, check_int, check_labels
 from ..utils.classes import group_by_class
+from ._nearest_centres import nearest_centres
 from .epoch_sampler import EpochSampler
 
 __all__ = ["ClassHardBatchSampler"]
 
 _RECORDS = ("random_share", "neighbours", "num_updates", "near_share_in_epoch")
-# Centre rows per block of the class-to-class distance matrix (a [block, C] float block).
-_CENTRE_BLOCK = 1024
 
 
 class ClassHardBatchSampler(EpochSampler):
@@ -106,6 +105,7 @@ class ClassHardBatchSampler(EpochSampler):
         self.refresh_every = check_int(refresh_every, "refresh_every", 1)
         self.update_calls = 0  # counts every call; num_updates only those that recomputed
         self.num_updates = 0
+        self._near_cache: tuple[tuple, torch.Tensor] | None = None  # (centres, versions, k), near
         self.near_share_in_epoch = 0.0
         c_f.add_to_recordable_attributes(self, list_of_names=list(_RECORDS))
 
@@ -192,25 +192,23 @@ class ClassHardBatchSampler(EpochSampler):
         return self._num_batches
 
     def near_classes(self) -> torch.Tensor | None:
-        """Each class's ``neighbours`` nearest other classes by centre, nearest first:
-        ``LongTensor[C, K]``, -1 where a class has fewer (no centre); ``None`` before any update."""
+        """Each class's ``neighbours`` nearest other classes by centre, nearest first (equal
+        distances: lower class id first): ``LongTensor[C, K]``, -1 where a class has fewer (no
+        centre); ``None`` before any update."""
         if self.centres is None:
             return None
         num_classes = self.centres.shape[0]
         k = min(self.neighbours, num_classes - 1)
         if k == 0:
             return torch.full((num_classes, 0), -1, dtype=torch.long)
-        out = []
-        for start in range(0, num_classes, _CENTRE_BLOCK):
-            dist = torch.cdist(self.centres[start:start + _CENTRE_BLOCK], self.centres)
-            rows = torch.arange(start, start + dist.shape[0])
-            dist[torch.arange(dist.shape[0]), rows] = float("inf")
-            dist[:, ~self.has_centre] = float("inf")
-            dist[~self.has_centre[rows]] = float("inf")
-            # Stable sort: equal distances keep the lower class id first, the same on every rank.
-            values, found = torch.sort(dist, dim=1, stable=True)
-            out.append(torch.where(values[:, :k].isinf(), -1, found[:, :k]))
-        return torch.cat(out)
+        # The search is the epoch's costliest step (~40 s at 143k classes): epochs built on the
+        # same centres (updates every n epochs) reuse it. The cache holds the very tensors it
+        # was computed from (so their ids cannot be reused) and their in-place edit counters.
+        key = (self.centres, self.centres._version, self.has_centre, self.has_centre._version, k)
+        cached = self._near_cache
+        if cached is None or not all(a is b if torch.is_tensor(a) else a == b for a, b in zip(cached[0], key)):
+            self._near_cache = cached = (key, nearest_centres(self.centres, self.has_centre, k))
+        return cached[1].clone()
 
     def epoch_batches(self, epoch: int | None = None) -> torch.Tensor:
         """The single-process epoch (default: the next one): ``LongTensor[num_batches, batch_size]``.
