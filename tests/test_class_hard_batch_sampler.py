@@ -350,3 +350,143 @@ def test_near_classes_are_searched_once_per_set_of_centres(monkeypatch):
     assert s.near_classes()[6, 0] == 0 and len(calls) == 4
     s.has_centre[0] = False
     assert not (s.near_classes() == 0).any() and len(calls) == 5
+
+
+# ---------------------------------------------------------------- approximate centre search
+def clustered_centres(seed: int, num_groups: int = 60, per_group: int = 50, dim: int = 32):
+    """``Tensor[3000, 32]`` centres in 60 groups, each spread in its own random 16-dimensional
+    subspace (s.d. 0.3) plus isotropic noise 0.03: a near class's neighbours are mostly its
+    group's, at nearly equal distances (what makes an approximate search miss some)."""
+    gen = torch.Generator().manual_seed(seed)
+    heads = torch.nn.functional.normalize(torch.randn(num_groups, dim, generator=gen), dim=1)
+    bases = torch.linalg.qr(torch.randn(num_groups, dim, 16, generator=gen))[0]
+    group = torch.arange(num_groups).repeat_interleave(per_group)
+    spread = torch.einsum("nr,ndr->nd", torch.randn(group.numel(), 16, generator=gen), bases[group])
+    return heads[group] + 0.3 * spread + 0.03 * torch.randn(group.numel(), dim, generator=gen)
+
+
+def near_with(centres, has_centre, neighbours, **kwargs):
+    """``near_classes()`` of a sampler built with ``kwargs`` (``centre_search`` ...) on these centres."""
+    labels = torch.arange(centres.shape[0]).repeat_interleave(2)
+    s = ClassHardBatchSampler(labels, 4, 2, 2, neighbours=neighbours, **kwargs)
+    s.load_state_dict({**s.state_dict(), "centres": centres, "has_centre": has_centre})
+    return s.near_classes()
+
+
+def recall(found, exact):
+    """Share of the exact lists' classes (-1 slots left out) that ``found`` has in the same row."""
+    valid = exact >= 0
+    return float(((found.unsqueeze(2) == exact.unsqueeze(1)).any(dim=2) & valid).sum() / valid.sum())
+
+
+# Measured on these centres (seeds 0, 1): HNSW 0.998-0.999, IVF 0.960-0.965 with the defaults.
+@pytest.mark.parametrize("method, bound", [("hnsw", 0.98), ("ivf", 0.92)])
+def test_approximate_centre_search_recalls_the_exact_near_classes(method, bound):
+    centres = clustered_centres(seed=0)
+    has_centre = torch.ones(centres.shape[0], dtype=torch.bool)
+    has_centre[::17] = False
+    exact = brute_near(centres, has_centre, 8)
+    found = near_with(centres, has_centre, 8, centre_search=method)
+    assert recall(found, exact) >= bound
+    # The parameters reach the index: a starved search recalls far less on the same centres.
+    starved = {"M": 2, "efConstruction": 1, "efSearch": 1} if method == "hnsw" else {"nlist": 128, "nprobe": 1}
+    assert recall(near_with(centres, has_centre, 8, centre_search=method, centre_search_params=starved),
+                  exact) < bound - 0.1
+
+
+def check_contract(near, centres, has_centre, k):
+    """The ``near_classes`` contract, whatever the search: ``[C, k]``, -1 rows for classes without
+    centre, no class its own or a centreless class's neighbour, nearest first, -1 slots last."""
+    assert near.shape == (centres.shape[0], k) and near.dtype == torch.long
+    assert (near[~has_centre] == -1).all()
+    assert not torch.isin(near, (~has_centre).nonzero()).any()
+    assert not (near == torch.arange(centres.shape[0]).unsqueeze(1)).any()
+    real = near >= 0
+    assert (real[:, :-1] >= real[:, 1:]).all()                          # -1 only after the real ones
+    dist = torch.cdist(centres.double(), centres.double()).gather(1, near.clamp(min=0))
+    assert ((dist[:, 1:] >= dist[:, :-1]) | ~real[:, 1:]).all()         # nearest first
+    for row in near[real.any(dim=1)]:
+        kept = row[row >= 0].tolist()
+        assert len(set(kept)) == len(kept)
+
+
+@pytest.mark.parametrize("method", ["hnsw", "ivf", "auto"])
+def test_approximate_centre_search_keeps_the_contract(method):
+    grid = torch.stack(torch.meshgrid(torch.arange(6.0), torch.arange(6.0), indexing="ij"), -1).view(36, 2)
+    has_centre = torch.ones(36, dtype=torch.bool)
+    has_centre[[0, 7, 20]] = False
+    near = near_with(grid, has_centre, 6, centre_search=method)
+    check_contract(near, grid, has_centre, 6)
+    # 33 centres: every method finds the exact lists here (ties in class-id order included).
+    assert torch.equal(near, brute_near(grid, has_centre, 6))
+    two = torch.tensor([False, True, False, True])
+    assert near_with(torch.randn(4, 3), two, 3, centre_search=method).tolist() == \
+        [[-1] * 3, [3, -1, -1], [-1] * 3, [1, -1, -1]]
+    centres = clustered_centres(seed=1)
+    has_centre = torch.rand(centres.shape[0], generator=torch.Generator().manual_seed(1)) > 0.2
+    centres[~has_centre] = 0.0
+    check_contract(near_with(centres, has_centre, 8, centre_search=method), centres, has_centre, 8)
+
+
+_OTHER_PROCESS = """
+import sys, torch, faiss
+torch.set_num_threads(2); faiss.omp_set_num_threads(2)
+from pml_ext import ClassHardBatchSampler
+centres, has_centre, method, path = torch.load(sys.argv[1]) + [sys.argv[2]]
+labels = torch.arange(centres.shape[0]).repeat_interleave(2)
+s = ClassHardBatchSampler(labels, 4, 2, 2, neighbours=8, centre_search=method)
+s.load_state_dict({**s.state_dict(), "centres": centres, "has_centre": has_centre})
+torch.save(s.near_classes(), path)
+"""
+
+
+@pytest.mark.parametrize("method", ["hnsw", "ivf"])
+def test_approximate_centre_search_is_the_same_in_every_build_and_process(method, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    centres = clustered_centres(seed=2)
+    has_centre = torch.ones(centres.shape[0], dtype=torch.bool)
+    first = near_with(centres, has_centre, 8, centre_search=method)
+    assert torch.equal(first, near_with(centres, has_centre, 8, centre_search=method))
+    # A rank with other thread settings (2 threads here, the builds still take one).
+    torch.save([centres, has_centre, method], tmp_path / "in.pt")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", _OTHER_PROCESS, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                   check=True, env=env, timeout=300)
+    assert torch.equal(torch.load(tmp_path / "out.pt"), first)
+
+
+def test_exact_is_the_default_and_auto_is_exact_for_few_classes():
+    import inspect
+
+    from pml_ext.samplers._nearest_centres import AUTO_EXACT_MAX_CLASSES, nearest_centres
+
+    assert inspect.signature(ClassHardBatchSampler).parameters["centre_search"].default == "exact"
+    _, labels = circle_data()
+    assert sampler(labels).centre_search == "exact"
+    centres = clustered_centres(seed=3)
+    has_centre = torch.ones(centres.shape[0], dtype=torch.bool)
+    exact = nearest_centres(centres, has_centre, 8)
+    assert centres.shape[0] < AUTO_EXACT_MAX_CLASSES
+    assert torch.equal(near_with(centres, has_centre, 8), exact)
+    assert torch.equal(near_with(centres, has_centre, 8, centre_search="auto"), exact)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"centre_search": "annoy"}, ValueError, "centre_search must be one of"),
+    ({"centre_search": None}, ValueError, "centre_search must be one of"),
+    ({"centre_search": "hnsw", "centre_search_params": [("M", 8)]}, TypeError, "centre_search_params must be a dict"),
+    ({"centre_search": "hnsw", "centre_search_params": {"M": 1}}, ValueError, "centre_search_params.*M must be >= 2"),
+    ({"centre_search": "hnsw", "centre_search_params": {"nprobe": 4}}, ValueError,
+     r"centre_search_params.*\['nprobe'\] are not parameters of method 'hnsw'"),
+    ({"centre_search": "ivf", "centre_search_params": {"nprobe": 0}}, ValueError, "centre_search_params.*nprobe"),
+    ({"centre_search": "ivf", "centre_search_params": {"nlist": 2.5}}, TypeError, "centre_search_params.*nlist"),
+    ({"centre_search": "exact", "centre_search_params": {"M": 8}}, ValueError, "centre_search_params"),
+    ({"centre_search": "auto", "centre_search_params": {"efSearch": -1}}, ValueError, "centre_search_params.*efSearch"),
+])
+def test_bad_centre_search_arguments_are_refused_naming_the_argument(kwargs, error, match):
+    _, labels = circle_data()
+    with pytest.raises(error, match=match):
+        sampler(labels, **kwargs)

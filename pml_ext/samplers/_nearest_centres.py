@@ -1,47 +1,82 @@
-"""The k nearest other class centres of every class: exact FAISS search, ties by class id."""
+"""The k nearest other class centres of every class: exact FAISS search or an approximate
+``EmbeddingIndex``, ties by class id."""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
-__all__ = ["nearest_centres"]
+__all__ = ["CENTRE_SEARCHES", "check_centre_search", "nearest_centres"]
 
 # Candidates searched beyond the k + 1 needed (the class itself is among them), so that
 # centres at equal distance around the k-th are all seen and ordered by class id, whichever
 # order FAISS's float32 search met them in.
 _TIE_MARGIN = 8
 
+CENTRE_SEARCHES = ("exact", "hnsw", "ivf", "auto")
 
-def nearest_centres(centres: torch.Tensor, has_centre: torch.Tensor, k: int) -> torch.Tensor:
+# "auto" searches exactly below this many classes with a centre, approximately above.
+# Measured by benchmarks/bench_global_scale.py (one thread): the exact search costs ~0.5 s
+# at 14k classes (2-3 % of an epoch of 100k glyph images) and ~40 s at 143k (~24 %); the
+# default HNSW search costs ~X s there. Exact keeps recall 1 while it is cheap.
+AUTO_EXACT_MAX_CLASSES = 50_000
+
+# Every centre search builds its index on one thread: HNSW's multi-threaded insertion
+# order varies from run to run, and every DDP rank must find the same near classes.
+_BUILD_THREADS = 1
+
+
+def check_centre_search(method: Any, params: dict[str, Any] | None) -> tuple[str, dict[str, int | None]]:
+    """``(method, params)`` checked for ``nearest_centres``; errors name ``centre_search`` or
+    ``centre_search_params``. ``"auto"`` takes the HNSW parameters (its approximate method)."""
+    from ..index.faiss_params import check_faiss_params
+
+    if not isinstance(method, str) or method not in CENTRE_SEARCHES:
+        raise ValueError(f"centre_search must be one of {CENTRE_SEARCHES}, got {method!r}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise TypeError(f"centre_search_params must be a dict or None, got {type(params).__name__}")
+    try:
+        checked = check_faiss_params("hnsw" if method == "auto" else method, params)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"centre_search_params (centre_search={method!r}): {error}") from None
+    return method, checked
+
+
+def nearest_centres(centres: torch.Tensor, has_centre: torch.Tensor, k: int, method: str = "exact",
+                    params: dict[str, Any] | None = None) -> torch.Tensor:
     """Each class's ``k`` nearest other classes by Euclidean centre distance: ``LongTensor[C, k]``.
 
     Args:
         centres: ``Tensor[C, d]`` class centres (rows of classes without a centre are ignored).
         has_centre: ``BoolTensor[C]``, the classes with a centre.
         k: neighbours per class, ``1 <= k``.
+        method: ``"exact"``, ``"hnsw"``, ``"ivf"`` or ``"auto"`` (exact below
+            ``AUTO_EXACT_MAX_CLASSES`` classes with a centre, HNSW above).
+        params: the approximate method's ``EmbeddingIndex`` parameters (checked by
+            ``check_centre_search``).
 
     Rows are nearest first, equal distances in increasing class id; a class without a centre
     is nobody's neighbour and gets a row of -1, as do the slots beyond the other classes
-    with a centre. The search is FAISS's exact ``IndexFlatL2`` (measured by
+    with a centre. The exact search is FAISS's ``IndexFlatL2`` (measured by
     ``benchmarks/bench_global_scale.py`` at 143k classes on one core: ~40 s, where sorting
-    the ``[C, C]`` distance matrix row by row took ~40 min); the candidates' distances are
-    then recomputed in the difference form, which is exact for equal distances, and the
-    candidates sorted by (distance, class id).
+    the ``[C, C]`` distance matrix row by row took ~40 min); an approximate one is an
+    ``EmbeddingIndex`` built on one thread with seed 0, so the same centres give the same
+    answer in every process. Either way the candidates' distances are then recomputed in
+    the difference form, which is exact for equal distances, and the candidates sorted by
+    (distance, class id).
     """
-    import faiss
-    from pytorch_metric_learning.distances import LpDistance
-
-    from ..index._faiss_ops import IndexedPoints, as_faiss_input
-
     num_classes = centres.shape[0]
     out = torch.full((num_classes, k), -1, dtype=torch.long)
     ids = has_centre.nonzero().flatten()  # increasing: positions order like class ids
     if ids.numel() < 2:
         return out
-    points = IndexedPoints(centres[ids].float(), None, LpDistance(normalize_embeddings=False))
+    if method == "auto":
+        method = "exact" if ids.numel() < AUTO_EXACT_MAX_CLASSES else "hnsw"
     width = min(ids.numel(), k + 1 + _TIE_MARGIN)
-    index = faiss.IndexFlatL2(points.dim)
-    index.add(as_faiss_input(points.data))
-    found = torch.from_numpy(index.search(as_faiss_input(points.data), width)[1]).long()  # [n, width]
+    points, found = (_exact_candidates if method == "exact" else _approximate_candidates)(
+        centres[ids].float(), width, method, params or {})
     found = torch.sort(found, dim=1).values  # by position = by class id, for the stable sort below
     rows = torch.arange(ids.numel()).unsqueeze(1).expand_as(found)
     dist = points.pair_values(points.data, rows.reshape(-1), found.reshape(-1)).view(found.shape)
@@ -50,3 +85,28 @@ def nearest_centres(centres: torch.Tensor, has_centre: torch.Tensor, k: int) -> 
     nearest = ids[found.gather(1, order[:, :k])]
     out[ids, :nearest.shape[1]] = torch.where(dist[:, :k].isinf(), -1, nearest)
     return out
+
+
+def _exact_candidates(data: torch.Tensor, width: int, method: str, params: dict):
+    """``(IndexedPoints, LongTensor[n, width])``: each centre's ``width`` nearest, itself included."""
+    import faiss
+    from pytorch_metric_learning.distances import LpDistance
+
+    from ..index._faiss_ops import IndexedPoints, as_faiss_input
+
+    points = IndexedPoints(data, None, LpDistance(normalize_embeddings=False))
+    index = faiss.IndexFlatL2(points.dim)
+    index.add(as_faiss_input(points.data))
+    return points, torch.from_numpy(index.search(as_faiss_input(points.data), width)[1]).long()
+
+
+def _approximate_candidates(data: torch.Tensor, width: int, method: str, params: dict):
+    """``(IndexedPoints, LongTensor[n, width - 1])``: each centre's ``width - 1`` approximate
+    nearest others (``EmbeddingIndex.knn_all``: itself excluded, no repeats)."""
+    from pytorch_metric_learning.distances import LpDistance
+
+    from ..index.embedding_index import EmbeddingIndex
+
+    index = EmbeddingIndex(method, distance=LpDistance(normalize_embeddings=False),
+                           num_threads=_BUILD_THREADS, seed=0, **params).build(data)
+    return index.points, index.knn_all(width - 1)[1]

@@ -8,7 +8,7 @@ from pytorch_metric_learning.utils import common_functions as c_f
 
 from ..utils.checks import check_embeddings, check_int, check_labels
 from ..utils.classes import group_by_class
-from ._nearest_centres import nearest_centres
+from ._nearest_centres import check_centre_search, nearest_centres
 from .epoch_sampler import EpochSampler
 
 __all__ = ["ClassHardBatchSampler"]
@@ -59,6 +59,14 @@ class ClassHardBatchSampler(EpochSampler):
         replacement: draw a class's members with replacement.
         length_before_new_iter: indices per epoch (default N), rounded down to whole batches.
         seed, rank, world_size, drop_uneven, return_batches: as in ``EpochSampler``.
+        centre_search: how ``near_classes`` finds the nearest centres: ``"exact"`` (default,
+            FAISS's flat index), ``"hnsw"`` or ``"ivf"`` (an approximate ``EmbeddingIndex``
+            built on one thread with seed 0: the same centres give the same near classes in
+            every process), or ``"auto"`` (exact below ``AUTO_EXACT_MAX_CLASSES`` classes
+            with a centre, HNSW above). docs/index.md has the measured cost and recall.
+        centre_search_params: the approximate method's ``EmbeddingIndex`` parameters (HNSW:
+            ``M``, ``efConstruction``, ``efSearch``; IVF: ``nlist``, ``nprobe``, ``niter``,
+            ``max_points_per_centroid``); default the centre search's own defaults.
 
     Recordable (``_record_these``): ``random_share``, ``neighbours``, ``num_updates`` and
     ``near_share_in_epoch``, the share of the last epoch's non-seed classes that were drawn
@@ -73,7 +81,8 @@ class ClassHardBatchSampler(EpochSampler):
                  classes_per_seed: int | None = None, neighbours: int = 8, random_share: float = 0.0,
                  replacement: bool = False, length_before_new_iter: int | None = None, seed: int = 0,
                  return_batches: bool = False, rank: int | None = None, world_size: int | None = None,
-                 drop_uneven: bool = False, refresh_every: int = 1):
+                 drop_uneven: bool = False, refresh_every: int = 1, centre_search: str = "exact",
+                 centre_search_params: dict | None = None):
         super().__init__(batch_size, seed, rank, world_size, drop_uneven, return_batches)
         labels = torch.as_tensor(labels)
         check_labels(labels, labels.shape[0] if labels.dim() == 1 else -1)
@@ -103,6 +112,7 @@ class ClassHardBatchSampler(EpochSampler):
         self.centres: torch.Tensor | None = None      # [C, d], None before the first update
         self.has_centre: torch.Tensor | None = None   # [C] classes with at least one embedded member
         self.refresh_every = check_int(refresh_every, "refresh_every", 1)
+        self.centre_search, self.centre_search_params = check_centre_search(centre_search, centre_search_params)
         self.update_calls = 0  # counts every call; num_updates only those that recomputed
         self.num_updates = 0
         self._near_cache: tuple[tuple, torch.Tensor] | None = None  # (centres, versions, k), near
@@ -207,7 +217,8 @@ class ClassHardBatchSampler(EpochSampler):
         key = (self.centres, self.centres._version, self.has_centre, self.has_centre._version, k)
         cached = self._near_cache
         if cached is None or not all(a is b if torch.is_tensor(a) else a == b for a, b in zip(cached[0], key)):
-            self._near_cache = cached = (key, nearest_centres(self.centres, self.has_centre, k))
+            near = nearest_centres(self.centres, self.has_centre, k, self.centre_search, self.centre_search_params)
+            self._near_cache = cached = (key, near)
         return cached[1].clone()
 
     def epoch_batches(self, epoch: int | None = None) -> torch.Tensor:
