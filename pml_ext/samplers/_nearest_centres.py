@@ -15,11 +15,12 @@ _TIE_MARGIN = 8
 
 CENTRE_SEARCHES = ("exact", "hnsw", "ivf", "auto")
 
-# "auto" searches exactly below this many classes with a centre, approximately above.
-# Measured by benchmarks/bench_global_scale.py (one thread): the exact search costs ~0.5 s
-# at 14k classes (2-3 % of an epoch of 100k glyph images) and ~40 s at 143k (~24 %); the
-# default HNSW search costs ~X s there. Exact keeps recall 1 while it is cheap.
-AUTO_EXACT_MAX_CLASSES = 50_000
+# "auto" searches exactly below this many classes with a centre, with HNSW (defaults) above.
+# Measured on one core for k=8 (benchmarks/bench_global_scale.py and by hand with its data):
+# exact grows as C^2 and HNSW (its one-thread build dominates) as ~C. At 30k and 50k
+# classes HNSW cost 1.2-1.9x the exact search (5.5 s exact at 50k); at 143k 0.55-0.75x.
+# The costs cross near 75k; at equal cost exact wins (recall 1), so the switch is above.
+AUTO_EXACT_MAX_CLASSES = 100_000
 
 # Every centre search builds its index on one thread: HNSW's multi-threaded insertion
 # order varies from run to run, and every DDP rank must find the same near classes.
