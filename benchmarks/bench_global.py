@@ -7,7 +7,11 @@ come from:
 - ``mper``: the file as tuned, PML's ``MPerClassSampler`` (the reference);
 - ``hard``: ``ClassHardBatchSampler`` (c classes x m, groups of a seed class and classes drawn
   among its nearest class centres, a share of random classes), centres from the
-  ``EmbeddingBank`` the training passes fill (no separate embedding pass), fixed hardness;
+  ``EmbeddingBank`` the training passes fill (no separate embedding pass), fixed hardness.
+  The name spells the settings: ``c16m4s4k8r0.5`` = 16 classes x 4 samples, groups of 4
+  (a seed and 3 others), near classes among the 8 nearest centres, half of them random;
+  suffixes ``-e2`` (centres every 2nd epoch), ``-f1`` (centres from a fresh pass, not the
+  bank), ``-z1`` (no staleness measurement), ``-t0.1`` (the controller's target);
 - ``ramp``: the same with ``random_share`` on a ``LinearSchedule`` (all random, then a linear
   ramp to the fixed recipe's share);
 - ``ctrl``: the same with ``random_share`` steered by an ``AdaptiveController`` toward a
@@ -30,8 +34,9 @@ interrupted run continues from its checkpoint; one process per ``--folder`` and 
 ``grid`` trains each recipe of the grid once (seed 0, main trunk) and evaluates val only; the
 recipe with the best val MAP@R per loss and mode goes to ``final`` (3 seeds, val and test, test
 reported at the epoch val chose). ``overhead`` times whole runs, alternated and repeated: the
-reference at 2 and 4 epochs (their difference / 2 is its epoch time) and each recipe at 4
-epochs (its difference to the reference / 4 is the mining overhead per epoch).
+reference at ``--epochs`` short and long (their difference over the epochs between is its
+epoch time) and each recipe at the long count (its difference to the reference, per epoch, is
+the mining overhead per epoch); each run evaluates val once, at its end.
 """
 from __future__ import annotations
 
@@ -89,6 +94,8 @@ def sampler_overrides(point: dict) -> list:
     if "e" in p:
         spec["refresh_every"] = int(p["e"])
     bank = {"source": "fresh"} if p.get("f") else {}  # f1: centres from a fresh pass, for comparison
+    if p.get("z"):  # z1: no staleness measurement (its 512 fresh rows a refresh)
+        bank["staleness_sample"] = 0
     return [("sampler~OVERRIDE~", {"ClassHardBatchSampler": spec}), ("embedding_bank", bank)]
 
 
@@ -197,24 +204,26 @@ def timed_run(overrides: list, epochs: int, num_threads: int | None) -> float:
         shutil.rmtree(folder)  # the temporary folder this function just created
 
 
-def overhead(reference: str, recipes: list[str], repeats: int, num_threads: int | None) -> None:
-    """Alternate the reference (2 and 4 epochs) and each recipe (4 epochs) ``repeats`` times;
-    append the medians to ``results/global_overhead.json``."""
-    plan = [(reference, 2), (reference, 4)] + [(r, 4) for r in recipes]
+def overhead(reference: str, recipes: list[str], repeats: int, epochs: tuple[int, int],
+             num_threads: int | None) -> None:
+    """Alternate the reference (``short`` and ``long`` epochs) and each recipe (``long`` epochs)
+    ``repeats`` times; append the medians to ``results/global_overhead.json``."""
+    short, long = epochs
+    plan = [(reference, short), (reference, long)] + [(r, long) for r in recipes]
     times: dict[tuple[str, int], list[float]] = {p: [] for p in plan}
     for _ in range(repeats):
-        for name, epochs in plan:
-            times[(name, epochs)].append(timed_run(recipe_overrides(name), epochs, num_threads))
-            print(name, epochs, f"{times[(name, epochs)][-1]:.1f} s", flush=True)
+        for name, count in plan:
+            times[(name, count)].append(timed_run(recipe_overrides(name), count, num_threads))
+            print(name, count, f"{times[(name, count)][-1]:.1f} s", flush=True)
     median = {p: statistics.median(v) for p, v in times.items()}
-    epoch = (median[(reference, 4)] - median[(reference, 2)]) / 2
+    epoch = (median[(reference, long)] - median[(reference, short)]) / (long - short)
     rows = load(TIMES)
     for name in recipes:
-        extra = (median[(name, 4)] - median[(reference, 4)]) / 4
-        rows.append({"reference": reference, "recipe": name, "repeats": repeats, "threads": num_threads or 2,
-                     "reference epoch (s)": round(epoch, 2), "overhead per epoch (s)": round(extra, 2),
-                     "overhead share": round(extra / epoch, 3),
-                     "runs (s)": {f"{n} x{e}": [round(t, 1) for t in v] for (n, e), v in times.items()},
+        extra = (median[(name, long)] - median[(reference, long)]) / long
+        rows.append({"reference": reference, "recipe": name, "repeats": repeats, "epochs": [short, long],
+                     "threads": num_threads or 2, "reference epoch (s)": round(epoch, 3),
+                     "overhead per epoch (s)": round(extra, 3), "overhead share": round(extra / epoch, 3),
+                     "runs (s)": {f"{n} x{e}": [round(t, 2) for t in v] for (n, e), v in times.items()},
                      "date": time.strftime("%Y-%m-%d")})
     _write_atomically(TIMES, json.dumps(rows, indent=1))
 
@@ -260,10 +269,10 @@ def final_table(trunk: str) -> str:
 
 
 def overhead_table() -> str:
-    lines = ["| recipe | reference | reference epoch (s) | overhead per epoch (s) | overhead share | repeats | date |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | reference | epochs timed | reference epoch (s) | overhead per epoch (s) | overhead share "
+             "| repeats | date |", "|---|---|---|---|---|---|---|---|"]
     for r in load(TIMES):
-        lines.append(f"| {r['recipe']} | {r['reference']} | {r['reference epoch (s)']} | "
+        lines.append(f"| {r['recipe']} | {r['reference']} | {r.get('epochs', [2, 4])} | {r['reference epoch (s)']} | "
                      f"{r['overhead per epoch (s)']} | {100 * r['overhead share']:.1f} % | {r['repeats']} | {r['date']} |")
     return "\n".join(lines)
 
@@ -275,6 +284,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="*", default=[], help="final / overhead: recipe names (see the doc)")
     parser.add_argument("--reference", default="ms/mper", help="overhead: the recipe timed as the reference")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, nargs=2, default=[2, 4], help="overhead: the reference's two lengths")
     parser.add_argument("--folder", default="global", help="where the runs are written")
     parser.add_argument("--trunk", default=MAIN_TRUNK)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -289,7 +299,7 @@ def main() -> None:
     elif args.stage == "final":
         train(args.recipes, folder, args.trunk, args.seeds, "final", args.num_threads)
     elif args.stage == "overhead":
-        overhead(args.reference, args.recipes, args.repeats, args.num_threads)
+        overhead(args.reference, args.recipes, args.repeats, tuple(args.epochs), args.num_threads)
     else:
         trunks = sorted({r["trunk"] for r in load(RUNS) if r["stage"] == "final"})
         print("Grid (main trunk, seed 0, val):\n" + grid_table())

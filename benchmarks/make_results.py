@@ -8,7 +8,7 @@ produced it and the date; this keeps them in one file, in a fixed order.
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
-ORDER = ["tuning", "ablations", "glyphs", "quick", "glyph_cnn", "trunks", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index",
+ORDER = ["tuning", "global", "ablations", "glyphs", "quick", "glyph_cnn", "trunks", "claims_lifted", "claims_smart", "claims_collapse", "lifted", "index",
          "index_refresh", "smart", "global_scale", "controller", "isometric", "runner", "runner_import",
          "runner_ddp", "checkpoint", "accuracy"]
 HEADER = """# Benchmark results
