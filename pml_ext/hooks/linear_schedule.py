@@ -96,7 +96,8 @@ class LinearSchedule(PMLTrainerHooks):
         setattr(self._owner, self._name, self.value(epoch))
 
     def state_dict(self) -> dict:
-        """The epochs completed, and the schedule they were counted under (checked on load)."""
+        """The epochs completed, the attribute (checked on load) and the schedule they were counted
+        under (kept for the record: a resumed run may use another schedule)."""
         return {"version": _STATE_VERSION, "attribute": self.attribute, "epoch": self.epoch, "start": self.start,
                 "end": self.end, "start_epoch": self.start_epoch, "end_epoch": self.end_epoch}
 

@@ -8,7 +8,7 @@ import torch
 
 __all__ = ["CENTRE_SEARCHES", "check_centre_search", "nearest_centres"]
 
-# Candidates searched beyond the k + 1 needed (the class itself is among them), so that
+# Candidates searched beyond the k needed, so that
 # centres at equal distance around the k-th are all seen and ordered by class id, whichever
 # order FAISS's float32 search met them in.
 _TIE_MARGIN = 8
@@ -22,8 +22,8 @@ CENTRE_SEARCHES = ("exact", "hnsw", "ivf", "auto")
 # The costs cross near 75k; at equal cost exact wins (recall 1), so the switch is above.
 AUTO_EXACT_MAX_CLASSES = 100_000
 
-# Every centre search builds its index on one thread: HNSW's multi-threaded insertion
-# order varies from run to run, and every DDP rank must find the same near classes.
+# Every approximate centre search builds its index on one thread: HNSW's multi-threaded
+# insertion order varies from run to run, and every DDP rank must find the same near classes.
 _BUILD_THREADS = 1
 
 
@@ -60,11 +60,10 @@ def nearest_centres(centres: torch.Tensor, has_centre: torch.Tensor, k: int, met
 
     Rows are nearest first, equal distances in increasing class id; a class without a centre
     is nobody's neighbour and gets a row of -1, as do the slots beyond the other classes
-    with a centre. The exact search is FAISS's ``IndexFlatL2`` (measured by
-    ``benchmarks/bench_global_scale.py`` at 143k classes on one core: ~40 s, where sorting
-    the ``[C, C]`` distance matrix row by row took ~40 min); an approximate one is an
-    ``EmbeddingIndex`` built on one thread with seed 0, so the same centres give the same
-    answer in every process. Either way the candidates' distances are then recomputed in
+    with a centre. The search is an ``EmbeddingIndex`` with seed 0 (an approximate one built
+    on one thread), so the same centres give the same answer in every process: exact (FAISS's flat index;
+    measured by ``benchmarks/bench_global_scale.py`` at 143k classes on one core: ~40 s,
+    where sorting the ``[C, C]`` distance matrix row by row took ~40 min) or approximate. Either way the candidates' distances are then recomputed in
     the difference form, which is exact for equal distances, and the candidates sorted by
     (distance, class id).
     """
@@ -75,39 +74,26 @@ def nearest_centres(centres: torch.Tensor, has_centre: torch.Tensor, k: int, met
         return out
     if method == "auto":
         method = "exact" if ids.numel() < AUTO_EXACT_MAX_CLASSES else "hnsw"
-    width = min(ids.numel(), k + 1 + _TIE_MARGIN)
-    points, found = (_exact_candidates if method == "exact" else _approximate_candidates)(
-        centres[ids].float(), width, method, params or {})
+    count = min(ids.numel() - 1, k + _TIE_MARGIN)
+    points, found = _candidates(centres[ids].float(), count, method, params or {})
     found = torch.sort(found, dim=1).values  # by position = by class id, for the stable sort below
     rows = torch.arange(ids.numel()).unsqueeze(1).expand_as(found)
     dist = points.pair_values(points.data, rows.reshape(-1), found.reshape(-1)).view(found.shape)
-    dist[found == rows] = float("inf")  # the class itself
     dist, order = torch.sort(dist, dim=1, stable=True)
     nearest = ids[found.gather(1, order[:, :k])]
     out[ids, :nearest.shape[1]] = torch.where(dist[:, :k].isinf(), -1, nearest)
     return out
 
 
-def _exact_candidates(data: torch.Tensor, width: int, method: str, params: dict):
-    """``(IndexedPoints, LongTensor[n, width])``: each centre's ``width`` nearest, itself included."""
-    import faiss
-    from pytorch_metric_learning.distances import LpDistance
-
-    from ..index._faiss_ops import IndexedPoints, as_faiss_input
-
-    points = IndexedPoints(data, None, LpDistance(normalize_embeddings=False))
-    index = faiss.IndexFlatL2(points.dim)
-    index.add(as_faiss_input(points.data))
-    return points, torch.from_numpy(index.search(as_faiss_input(points.data), width)[1]).long()
-
-
-def _approximate_candidates(data: torch.Tensor, width: int, method: str, params: dict):
-    """``(IndexedPoints, LongTensor[n, width - 1])``: each centre's ``width - 1`` approximate
-    nearest others (``EmbeddingIndex.knn_all``: itself excluded, no repeats)."""
+def _candidates(data: torch.Tensor, count: int, method: str, params: dict):
+    """``(IndexedPoints, LongTensor[n, count])``: each centre's ``count`` nearest others, exact or
+    approximate (``EmbeddingIndex.knn_all``: itself excluded by index, no repeats)."""
     from pytorch_metric_learning.distances import LpDistance
 
     from ..index.embedding_index import EmbeddingIndex
 
+    # An exact search returns the same whatever the thread count; an approximate build does not.
+    threads = None if method == "exact" else _BUILD_THREADS
     index = EmbeddingIndex(method, distance=LpDistance(normalize_embeddings=False),
-                           num_threads=_BUILD_THREADS, seed=0, **params).build(data)
-    return index.points, index.knn_all(width - 1)[1]
+                           num_threads=threads, seed=0, **params).build(data)
+    return index.points, index.knn_all(count)[1]
